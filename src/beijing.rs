@@ -1,0 +1,82 @@
+//! Beijing time (UTC+8), the only clock the provincial platform knows.
+//!
+//! Every platform time — `inf_time`, the time inside `msgid`, record times, token expiry and
+//! the day of the daily call limit — is Beijing time whatever the host's time zone, so this
+//! module never consults the local zone.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+
+/// The platform's textual time format, `yyyy-MM-dd HH:mm:ss`.
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// The fixed UTC+8 offset of China Standard Time (no daylight saving).
+pub fn offset() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
+}
+
+/// The current time in Beijing.
+pub fn now() -> DateTime<FixedOffset> {
+    Utc::now().with_timezone(&offset())
+}
+
+/// Converts any instant to Beijing time.
+pub fn at(instant: DateTime<Utc>) -> DateTime<FixedOffset> {
+    instant.with_timezone(&offset())
+}
+
+/// Formats an instant as `yyyy-MM-dd HH:mm:ss` in Beijing time.
+pub fn format(instant: DateTime<Utc>) -> String {
+    at(instant).format(TIME_FORMAT).to_string()
+}
+
+/// Reads a `yyyy-MM-dd HH:mm:ss` Beijing wall-clock time as an instant.
+pub fn parse(text: &str) -> Option<DateTime<Utc>> {
+    let naive = NaiveDateTime::parse_from_str(text, TIME_FORMAT).ok()?;
+    Some(offset().from_local_datetime(&naive).single()?.with_timezone(&Utc))
+}
+
+/// The calendar day in Beijing of an instant (the day of the daily call limit).
+pub fn day(instant: DateTime<Utc>) -> NaiveDate {
+    at(instant).date_naive()
+}
+
+/// The next Beijing midnight after `instant`, when a daily call limit resets.
+pub fn next_midnight(instant: DateTime<Utc>) -> DateTime<Utc> {
+    let tomorrow = day(instant).succ_opt().unwrap_or(NaiveDate::MAX);
+    let midnight = tomorrow.and_hms_opt(0, 0, 0).unwrap_or(NaiveDateTime::MAX);
+    offset()
+        .from_local_datetime(&midnight)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn formats_in_utc_plus_8() {
+        assert_eq!(format(utc("2026-11-25T17:30:05Z")), "2026-11-26 01:30:05");
+    }
+
+    #[test]
+    fn parse_is_the_inverse_of_format() {
+        let t = utc("2026-01-01T00:00:00Z");
+        assert_eq!(parse(&format(t)), Some(t));
+        assert_eq!(parse("2026-01-01 08:00:00"), Some(t));
+        assert_eq!(parse("2026-01-01"), None);
+    }
+
+    #[test]
+    fn the_day_changes_at_beijing_midnight() {
+        assert_eq!(day(utc("2026-11-25T15:59:59Z")).to_string(), "2026-11-25");
+        assert_eq!(day(utc("2026-11-25T16:00:00Z")).to_string(), "2026-11-26");
+        assert_eq!(next_midnight(utc("2026-11-25T10:00:00Z")), utc("2026-11-25T16:00:00Z"));
+        assert_eq!(next_midnight(utc("2026-11-25T16:00:00Z")), utc("2026-11-26T16:00:00Z"));
+    }
+}

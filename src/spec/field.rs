@@ -1,0 +1,356 @@
+//! Field rules of the spec tables and a reader that applies them to a JSON row, collecting
+//! every violation instead of stopping at the first.
+
+use std::fmt;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::beijing::TIME_FORMAT;
+
+/// Integer digits allowed in a `D` (numeric 12,4) value.
+const DECIMAL_INTEGER_DIGITS: u32 = 8;
+/// Fraction digits allowed in a `D` value.
+const DECIMAL_SCALE: u32 = 4;
+/// How much of an offending value an error message quotes.
+const EXCERPT_CHARS: usize = 40;
+
+/// The rule a field value broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// A required field is absent, null or blank (platform code 12).
+    Required,
+    /// A value outside the field's dictionary (platform code 13).
+    Dictionary(&'static [&'static str]),
+    /// A string longer than the spec allows, counted in characters (code 14).
+    MaxLength(usize),
+    /// Not a non-negative decimal with at most 12 digits, 4 after the point (code 14).
+    Decimal,
+    /// Not a `yyyy-MM-dd HH:mm:ss` time or a bare `yyyy-MM-dd` date (code 14).
+    DateTime,
+    /// A JSON value of the wrong type, e.g. an object where text belongs (code 14).
+    Type,
+    /// A field this transaction does not have (code 14).
+    Unknown,
+    /// A field of the other product kind, e.g. `mcs_code` on a drug row (code 14).
+    OtherKind(&'static str),
+}
+
+impl Rule {
+    /// The returnCode the platform answers for a row breaking this rule.
+    pub fn return_code(&self) -> u32 {
+        match self {
+            Rule::Required => 12,
+            Rule::Dictionary(_) => 13,
+            _ => 14,
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::Required => f.write_str("is required but missing or empty"),
+            Rule::Dictionary(allowed) => {
+                write!(f, "must be one of {}", allowed.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "))
+            }
+            Rule::MaxLength(max) => write!(f, "must be at most {max} characters"),
+            Rule::Decimal => f.write_str(
+                "must be a non-negative decimal with at most 12 digits, 4 of them after the point",
+            ),
+            Rule::DateTime => f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\")"),
+            Rule::Type => f.write_str("must be text or a number"),
+            Rule::Unknown => f.write_str("is not a field of this transaction"),
+            Rule::OtherKind(kind) => write!(f, "is a field of {kind} rows, not of this transaction"),
+        }
+    }
+}
+
+/// One broken rule: which field, which rule, and the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}{}", .value.as_ref().map(|v| format!(" (got {v})")).unwrap_or_default())]
+pub struct FieldError {
+    /// The field name as in the spec tables.
+    pub field: String,
+    /// The rule it broke.
+    pub rule: Rule,
+    /// An excerpt of the offending value (JSON text), absent when the field is missing.
+    pub value: Option<String>,
+}
+
+impl FieldError {
+    /// An error for `field` breaking `rule`, quoting an excerpt of `value`.
+    pub fn new(field: &str, rule: Rule, value: Option<&Value>) -> Self {
+        FieldError { field: excerpt(field), rule, value: value.map(|v| excerpt(&v.to_string())) }
+    }
+}
+
+/// Shortens text for an error message, so a 10 MB value never ends up in a log line.
+pub fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+    if chars.next().is_some() { format!("{head}…") } else { head }
+}
+
+/// A platform time (`T`), sent as `yyyy-MM-dd HH:mm:ss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlatformTime(pub NaiveDateTime);
+
+impl PlatformTime {
+    /// Reads `yyyy-MM-dd HH:mm:ss`, or a bare `yyyy-MM-dd` as midnight (spec decision).
+    pub fn parse(text: &str) -> Option<Self> {
+        let shape_ok = |pattern: &str| {
+            text.len() == pattern.len()
+                && text.bytes().zip(pattern.bytes()).all(|(c, p)| if p == b'9' { c.is_ascii_digit() } else { c == p })
+        };
+        if shape_ok("9999-99-99 99:99:99") {
+            NaiveDateTime::parse_from_str(text, TIME_FORMAT).ok().map(PlatformTime)
+        } else if shape_ok("9999-99-99") {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(PlatformTime)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for PlatformTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format(TIME_FORMAT))
+    }
+}
+
+impl Serialize for PlatformTime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Reads a `D` value: a non-negative decimal of at most 8 integer and 4 fraction digits,
+/// from a JSON number or a string of plain decimal notation.
+pub fn parse_decimal(value: &Value) -> Option<Decimal> {
+    let text = match value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !plain || text.starts_with('.') || text.ends_with('.') {
+        return None;
+    }
+    let number = text.parse::<Decimal>().ok()?.normalize();
+    let integer_digits = number.trunc().to_string().trim_start_matches('0').len() as u32;
+    (integer_digits <= DECIMAL_INTEGER_DIGITS && number.scale() <= DECIMAL_SCALE).then_some(number)
+}
+
+/// Takes fields out of one JSON row, checking each against its rule and remembering every
+/// violation; [`FieldReader::finish`] then reports fields that were not asked for.
+pub struct FieldReader<'a> {
+    row: &'a Map<String, Value>,
+    taken: Vec<&'static str>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> FieldReader<'a> {
+    /// Starts reading `row`.
+    pub fn new(row: &'a Map<String, Value>) -> Self {
+        FieldReader { row, taken: Vec::new(), errors: Vec::new() }
+    }
+
+    /// The field's value, treating null and blank text as absent.
+    fn present(&mut self, name: &'static str) -> Option<&'a Value> {
+        self.taken.push(name);
+        match self.row.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(value) => Some(value),
+        }
+    }
+
+    fn fail(&mut self, name: &str, rule: Rule, value: Option<&Value>) {
+        self.errors.push(FieldError::new(name, rule, value));
+    }
+
+    /// An optional `S max` field; numbers are taken as their text.
+    pub fn optional_text(&mut self, name: &'static str, max: usize) -> Option<String> {
+        let value = self.present(name)?;
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => {
+                self.fail(name, Rule::Type, Some(value));
+                return None;
+            }
+        };
+        if text.chars().count() > max {
+            self.fail(name, Rule::MaxLength(max), Some(value));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// A required `S max` field.
+    pub fn text(&mut self, name: &'static str, max: usize) -> String {
+        let known_bad = self.errors.len();
+        let text = self.optional_text(name, max);
+        if text.is_none() && self.errors.len() == known_bad {
+            self.fail(name, Rule::Required, None);
+        }
+        text.unwrap_or_default()
+    }
+
+    /// A required text field whose value must be one of `allowed`.
+    pub fn dictionary(&mut self, name: &'static str, max: usize, allowed: &'static [&'static str]) -> String {
+        let text = self.text(name, max);
+        if !text.is_empty() && !allowed.contains(&text.as_str()) {
+            let value = self.row.get(name);
+            self.fail(name, Rule::Dictionary(allowed), value);
+        }
+        text
+    }
+
+    /// A required `D` field.
+    pub fn decimal(&mut self, name: &'static str) -> Decimal {
+        match self.present(name) {
+            None => self.fail(name, Rule::Required, None),
+            Some(value) => match parse_decimal(value) {
+                Some(number) => return number,
+                None => self.fail(name, Rule::Decimal, Some(value)),
+            },
+        }
+        Decimal::ZERO
+    }
+
+    /// A required `T` field.
+    pub fn time(&mut self, name: &'static str) -> PlatformTime {
+        match self.present(name) {
+            None => self.fail(name, Rule::Required, None),
+            Some(value) => match value.as_str().and_then(PlatformTime::parse) {
+                Some(time) => return time,
+                None => self.fail(name, Rule::DateTime, Some(value)),
+            },
+        }
+        PlatformTime(NaiveDateTime::default())
+    }
+
+    /// Ends the row: fields not taken are errors, naming `other_kind` when a field belongs
+    /// to the other product kind. Returns every error found, in field order.
+    pub fn finish(mut self, other_kind: (&'static str, &[&str])) -> Result<(), Vec<FieldError>> {
+        let (kind, other_fields) = other_kind;
+        for (name, value) in self.row {
+            if !self.taken.contains(&name.as_str()) {
+                let rule = if other_fields.contains(&name.as_str()) { Rule::OtherKind(kind) } else { Rule::Unknown };
+                self.errors.push(FieldError::new(name, rule, Some(value)));
+            }
+        }
+        if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dec(v: Value) -> Option<String> {
+        parse_decimal(&v).map(|d| d.to_string())
+    }
+
+    #[test]
+    fn decimals_accept_numbers_and_strings_within_12_4() {
+        assert_eq!(dec(json!("12.4")), Some("12.4".into()));
+        assert_eq!(dec(json!(12.4)), Some("12.4".into()));
+        assert_eq!(dec(json!(3)), Some("3".into()));
+        assert_eq!(dec(json!("0")), Some("0".into()));
+        assert_eq!(dec(json!("99999999.9999")), Some("99999999.9999".into()));
+        assert_eq!(dec(json!("1.50000")), Some("1.5".into()), "trailing zeros are not digits that count");
+        assert_eq!(dec(json!("00012.5")), Some("12.5".into()));
+    }
+
+    #[test]
+    fn decimals_reject_negative_too_long_and_non_numbers() {
+        for bad in [
+            json!("-1"),
+            json!(-1),
+            json!("123456789"),
+            json!("1.23456"),
+            json!("1e3"),
+            json!("abc"),
+            json!(""),
+            json!("1."),
+            json!(".5"),
+            json!("1,5"),
+            json!(true),
+            json!({"v": 1}),
+            json!("NaN"),
+        ] {
+            assert_eq!(dec(bad.clone()), None, "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn times_accept_full_times_and_bare_dates_only() {
+        assert_eq!(PlatformTime::parse("2022-07-14 08:09:10").unwrap().to_string(), "2022-07-14 08:09:10");
+        assert_eq!(PlatformTime::parse("2022-07-14").unwrap().to_string(), "2022-07-14 00:00:00");
+        for bad in ["2022-7-14", "2022-07-14T08:09:10", "2022-07-14 8:09:10", "2022-02-30", "2022-07-14 24:00:00", "", "20220714"] {
+            assert_eq!(PlatformTime::parse(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn reader_collects_every_error_of_a_row() {
+        let row = json!({"a": "", "b": "x".repeat(11), "c": "-3", "d": "yesterday", "e": "2", "f": [1], "zzz": 1});
+        let row = row.as_object().unwrap();
+        let mut r = FieldReader::new(row);
+        r.text("a", 10);
+        r.text("b", 10);
+        r.decimal("c");
+        r.time("d");
+        r.dictionary("e", 10, &["0", "1"]);
+        r.optional_text("f", 10);
+        r.text("g", 10);
+        let errors = r.finish(("consumable", &["zzz"])).unwrap_err();
+        let rules: Vec<_> = errors.iter().map(|e| (e.field.as_str(), e.rule.clone())).collect();
+        assert_eq!(
+            rules,
+            vec![
+                ("a", Rule::Required),
+                ("b", Rule::MaxLength(10)),
+                ("c", Rule::Decimal),
+                ("d", Rule::DateTime),
+                ("e", Rule::Dictionary(&["0", "1"])),
+                ("f", Rule::Type),
+                ("g", Rule::Required),
+                ("zzz", Rule::OtherKind("consumable")),
+            ]
+        );
+        assert_eq!(errors[2].to_string(), "c: must be a non-negative decimal with at most 12 digits, 4 of them after the point (got \"-3\")");
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let name = "靖".repeat(128);
+        let row = json!({ "n": name });
+        let mut r = FieldReader::new(row.as_object().unwrap());
+        assert_eq!(r.text("n", 128).chars().count(), 128);
+        assert!(r.finish(("", &[])).is_ok());
+    }
+
+    #[test]
+    fn long_values_are_quoted_as_an_excerpt() {
+        let row = json!({ "n": "x".repeat(10_000_000) });
+        let mut r = FieldReader::new(row.as_object().unwrap());
+        r.text("n", 64);
+        let message = r.finish(("", &[])).unwrap_err()[0].to_string();
+        assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn return_codes_follow_the_spec() {
+        assert_eq!(Rule::Required.return_code(), 12);
+        assert_eq!(Rule::Dictionary(&["0"]).return_code(), 13);
+        assert_eq!(Rule::MaxLength(3).return_code(), 14);
+        assert_eq!(Rule::Unknown.return_code(), 14);
+    }
+}
