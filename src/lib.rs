@@ -6,4 +6,6 @@
 //! → the [`commands`] that run it; [`simulator`] plays the provincial platform.
 
 pub mod beijing;
+pub mod config;
+pub mod platform;
 pub mod spec;

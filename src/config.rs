@@ -1,0 +1,457 @@
+//! Configuration: a TOML file (`--config` or `ELS_BRIDGE_CONFIG`) whose every key can be
+//! overridden by an environment variable `ELS_BRIDGE__SECTION__KEY`, with secrets given
+//! inline, through the environment, or as files of their own (contract §4, §7).
+//!
+//! Institutions are a TOML array; their keys are overridden with
+//! `ELS_BRIDGE__INSTITUTIONS__<index or fixmedins_code>__KEY`, e.g.
+//! `ELS_BRIDGE__INSTITUTIONS__H32128200338__AUTH_CODE`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override configuration keys.
+const ENV_PREFIX: &str = "ELS_BRIDGE__";
+const ENV_INSTITUTIONS: &str = "ELS_BRIDGE__INSTITUTIONS__";
+
+/// Why the configuration cannot be used; the message says which key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No configuration file was named.
+    #[error("no configuration file: pass --config FILE or set ELS_BRIDGE_CONFIG")]
+    Missing,
+    /// The file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file or an override does not fit the schema.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A secret file named by a `*_file` key cannot be read.
+    #[error("institution {institution}: cannot read {key} from {path}: {source}")]
+    SecretFile { institution: String, key: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// The whole configuration of one els-bridge process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The broker; optional for `send`, `validate` and `simulate`.
+    pub amqp: Option<AmqpSettings>,
+    /// The provincial platform.
+    #[serde(default)]
+    pub platform: PlatformSettings,
+    /// How records are grouped into upload calls.
+    #[serde(default)]
+    pub batch: BatchSettings,
+    /// Backoff for transient failures.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// The health and metrics endpoint of the worker.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// The institutions this process reports for.
+    #[serde(default)]
+    pub institutions: Vec<Institution>,
+}
+
+/// `[amqp]`: the RabbitMQ broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://` or `amqps://` URL; may hold the password, so it is kept secret.
+    #[serde(default = "default_amqp_url")]
+    pub url: SecretString,
+    /// Unacknowledged deliveries a worker may hold.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// A private CA for `amqps://`.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_amqp_url() -> SecretString {
+    SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+fn default_prefetch() -> u16 {
+    1000
+}
+
+/// How decimals are written in upload rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalFormat {
+    /// JSON strings, as the official sample does.
+    #[default]
+    String,
+    /// JSON numbers.
+    Number,
+}
+
+/// `[platform]`: the provincial gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformSettings {
+    /// The interface URL, ending in `/api/commonInterfaca`.
+    pub url: String,
+    /// Time limit of one request, connection included.
+    pub timeout_ms: u64,
+    /// Time limit for establishing the connection.
+    pub connect_timeout_ms: u64,
+    /// A private CA for an `https://` platform.
+    pub ca_file: Option<PathBuf>,
+    /// Decimals as strings (default) or numbers.
+    pub decimal_format: DecimalFormat,
+    /// Fetch a new token when less than this many seconds of the current one are left.
+    pub token_refresh_lead_secs: u64,
+    /// Where `send` keeps tokens between runs when no broker is configured.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for PlatformSettings {
+    fn default() -> Self {
+        PlatformSettings {
+            url: "http://127.0.0.1:8097/api/commonInterfaca".into(),
+            timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+            ca_file: None,
+            decimal_format: DecimalFormat::String,
+            token_refresh_lead_secs: 240,
+            token_file: None,
+        }
+    }
+}
+
+/// `[batch]`: grouping of records into upload calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// Records per call, at most 100 (the platform's limit).
+    pub max_records: usize,
+    /// Flush a partly filled batch after this long.
+    pub linger_ms: u64,
+    /// Upload calls in flight at once per institution.
+    pub max_in_flight_per_institution: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings { max_records: 100, linger_ms: 2000, max_in_flight_per_institution: 4 }
+    }
+}
+
+/// `[retry]`: exponential backoff with jitter for transient failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// The first wait.
+    pub initial_backoff_ms: u64,
+    /// The longest wait.
+    pub max_backoff_ms: u64,
+    /// Give up (dead-letter as `exhausted`) when the first failure is older than this.
+    pub max_elapsed_secs: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings { initial_backoff_ms: 500, max_backoff_ms: 60_000, max_elapsed_secs: 86_400 }
+    }
+}
+
+/// `[http]`: the worker's health and metrics endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: SocketAddr::from(([0, 0, 0, 0], 9464)) }
+    }
+}
+
+/// `[[institutions]]`: one hospital, with its envelope values and credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Institution {
+    /// The 12-character institution code (定点医药机构编号).
+    pub fixmedins_code: String,
+    /// The institution's name.
+    pub fixmedins_name: String,
+    /// The app code issued with the credentials (ELS7001).
+    pub app_code: String,
+    /// The auth code (ELS7001); secret.
+    pub auth_code: Option<SecretString>,
+    /// A file holding the auth code instead.
+    pub auth_code_file: Option<PathBuf>,
+    /// The CSB gateway access key.
+    pub csb_access_key: String,
+    /// The CSB gateway secret key; secret.
+    pub csb_secret_key: Option<SecretString>,
+    /// A file holding the CSB secret key instead.
+    pub csb_secret_key_file: Option<PathBuf>,
+    /// Envelope `mdtrtarea_admvs`.
+    #[serde(default)]
+    pub mdtrtarea_admvs: String,
+    /// Envelope `insuplc_admdvs`.
+    #[serde(default)]
+    pub insuplc_admdvs: String,
+    /// Envelope `recer_sys_code`.
+    #[serde(default)]
+    pub recer_sys_code: String,
+    /// Envelope `dev_no`.
+    #[serde(default)]
+    pub dev_no: String,
+    /// Envelope `dev_safe_info`.
+    #[serde(default)]
+    pub dev_safe_info: String,
+    /// Envelope `cainfo`.
+    #[serde(default)]
+    pub cainfo: String,
+    /// Envelope `signtype`.
+    #[serde(default)]
+    pub signtype: String,
+    /// Envelope `infver`.
+    #[serde(default)]
+    pub infver: String,
+    /// Envelope `opter_type`.
+    #[serde(default)]
+    pub opter_type: String,
+    /// Envelope `opter`.
+    #[serde(default)]
+    pub opter: String,
+    /// Envelope `opter_name`.
+    #[serde(default)]
+    pub opter_name: String,
+    /// Envelope `sign_no`.
+    #[serde(default)]
+    pub sign_no: String,
+    /// Envelope `fixmedins_soft_fcty`.
+    #[serde(default)]
+    pub fixmedins_soft_fcty: String,
+}
+
+impl Institution {
+    /// The auth code, from the file when `auth_code_file` is set.
+    pub fn auth_code(&self) -> &SecretString {
+        self.auth_code.as_ref().expect("resolved by Config::load")
+    }
+
+    /// The CSB secret key, from the file when `csb_secret_key_file` is set.
+    pub fn csb_secret_key(&self) -> &SecretString {
+        self.csb_secret_key.as_ref().expect("resolved by Config::load")
+    }
+
+    /// Reads `*_file` secrets and checks that every secret is there exactly once.
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        let code = self.fixmedins_code.clone();
+        for (key, inline, file) in [
+            ("auth_code", &mut self.auth_code, &self.auth_code_file),
+            ("csb_secret_key", &mut self.csb_secret_key, &self.csb_secret_key_file),
+        ] {
+            match (inline.is_some(), file) {
+                (true, Some(_)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "institution {code}: set either {key} or {key}_file, not both"
+                    )));
+                }
+                (false, None) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "institution {code}: {key} is missing; set {key}, {key}_file or ELS_BRIDGE__INSTITUTIONS__{code}__{}",
+                        key.to_uppercase()
+                    )));
+                }
+                (false, Some(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                        institution: code.clone(),
+                        key,
+                        path: path.clone(),
+                        source,
+                    })?;
+                    *inline = Some(SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned()));
+                }
+                (true, None) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the file at `path` (or the one named by `ELS_BRIDGE_CONFIG`), applies the
+    /// environment's overrides, reads secret files and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_path = std::env::var_os("ELS_BRIDGE_CONFIG").map(PathBuf::from);
+        let path = path.map(Path::to_path_buf).or(env_path).ok_or(ConfigError::Missing)?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        Config::from_toml(&text, std::env::vars())
+    }
+
+    /// Builds the configuration from TOML text and `ELS_BRIDGE__*` overrides in `env`.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
+        let file = config::File::from_str(text, config::FileFormat::Toml);
+        let (institution_env, section_env): (Vec<_>, Vec<_>) = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .partition(|(k, _)| k.starts_with(ENV_INSTITUTIONS));
+        let section_env: HashMap<String, String> = section_env.into_iter().collect();
+        let sections = config::Environment::with_prefix("ELS_BRIDGE")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(section_env));
+
+        // Institutions may be named by code in overrides: learn the codes from the file.
+        let codes: Vec<String> = config::Config::builder()
+            .add_source(file.clone())
+            .build()
+            .and_then(|c| c.get::<Vec<HashMap<String, config::Value>>>("institutions"))
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i.get("fixmedins_code").map(ToString::to_string).unwrap_or_default())
+            .collect();
+
+        let mut builder = config::Config::builder().add_source(file).add_source(sections);
+        for (name, value) in institution_env {
+            let rest = &name[ENV_INSTITUTIONS.len()..];
+            let Some((which, key)) = rest.split_once("__") else {
+                return Err(ConfigError::Invalid(format!("{name}: expected {ENV_INSTITUTIONS}<index or code>__KEY")));
+            };
+            let index = match which.parse::<usize>() {
+                Ok(i) if i < codes.len() => i,
+                _ => codes.iter().position(|c| c.eq_ignore_ascii_case(which)).ok_or_else(|| {
+                    ConfigError::Invalid(format!("{name}: no institution {which:?} in the configuration file"))
+                })?,
+            };
+            builder = builder
+                .set_override(format!("institutions[{index}].{}", key.to_lowercase()), value)
+                .map_err(invalid)?;
+        }
+        let mut config: Config = builder.build().and_then(|c| c.try_deserialize()).map_err(invalid)?;
+        config.check()?;
+        for institution in &mut config.institutions {
+            institution.resolve_secrets()?;
+        }
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        if !(1..=100).contains(&self.batch.max_records) {
+            return fail(format!("batch.max_records is {}; it must be 1 to 100 (the platform's limit)", self.batch.max_records));
+        }
+        if self.batch.max_in_flight_per_institution == 0 {
+            return fail("batch.max_in_flight_per_institution must be at least 1".into());
+        }
+        if self.retry.initial_backoff_ms == 0 || self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return fail("retry: initial_backoff_ms must be at least 1 and at most max_backoff_ms".into());
+        }
+        if !self.platform.url.starts_with("http://") && !self.platform.url.starts_with("https://") {
+            return fail(format!("platform.url {:?} must start with http:// or https://", self.platform.url));
+        }
+        let mut seen = Vec::new();
+        for institution in &self.institutions {
+            let code = &institution.fixmedins_code;
+            if code.chars().count() != 12 || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return fail(format!("institution {code:?}: fixmedins_code must be 12 letters or digits"));
+            }
+            if seen.contains(&code) {
+                return fail(format!("institution {code} is configured twice"));
+            }
+            seen.push(code);
+        }
+        Ok(())
+    }
+
+    /// The institution with this code.
+    pub fn institution(&self, code: &str) -> Option<&Institution> {
+        self.institutions.iter().find(|i| i.fixmedins_code == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const TOML: &str = r#"
+        [platform]
+        url = "http://127.0.0.1:1/api/commonInterfaca"
+        [[institutions]]
+        fixmedins_code = "H32128200338"
+        fixmedins_name = "靖江市人民医院"
+        app_code = "app"
+        auth_code = "auth"
+        csb_access_key = "ak"
+        csb_secret_key = "sk"
+        mdtrtarea_admvs = "321282"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = Config::from_toml(TOML, env(&[])).unwrap();
+        assert_eq!(c.batch.max_records, 100);
+        assert_eq!(c.retry.max_elapsed_secs, 86_400);
+        assert_eq!(c.platform.token_refresh_lead_secs, 240);
+        assert!(c.amqp.is_none());
+        assert_eq!(c.institutions[0].dev_no, "");
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_institutions_as_text() {
+        let c = Config::from_toml(
+            TOML,
+            env(&[
+                ("ELS_BRIDGE__BATCH__LINGER_MS", "50"),
+                ("ELS_BRIDGE__AMQP__URL", "amqp://u:p@h:5672/%2f"),
+                ("ELS_BRIDGE__INSTITUTIONS__H32128200338__AUTH_CODE", "000123"),
+                ("ELS_BRIDGE__INSTITUTIONS__0__MDTRTAREA_ADMVS", "320000"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.batch.linger_ms, 50);
+        assert_eq!(c.amqp.unwrap().url.expose_secret(), "amqp://u:p@h:5672/%2f");
+        assert_eq!(c.institutions[0].auth_code().expose_secret(), "000123");
+        assert_eq!(c.institutions[0].mdtrtarea_admvs, "320000");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sk");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let toml = TOML.replace(r#"csb_secret_key = "sk""#, &format!("csb_secret_key_file = {:?}", path));
+        let c = Config::from_toml(&toml, env(&[])).unwrap();
+        assert_eq!(c.institutions[0].csb_secret_key().expose_secret(), "from-file");
+
+        let both = TOML.replace(r#"csb_secret_key = "sk""#, "csb_secret_key = \"a\"\ncsb_secret_key_file = \"/x\"");
+        assert!(Config::from_toml(&both, env(&[])).unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key() {
+        let typo = TOML.replace("[platform]", "[platform]\ntimeout = 5");
+        assert!(Config::from_toml(&typo, env(&[])).unwrap_err().to_string().contains("timeout"));
+        let err = Config::from_toml(TOML, env(&[("ELS_BRIDGE__INSTITUTIONS__NOPE__AUTH_CODE", "x")])).unwrap_err();
+        assert!(err.to_string().contains("NOPE"), "{err}");
+        let short = TOML.replace("H32128200338", "H321");
+        assert!(Config::from_toml(&short, env(&[])).unwrap_err().to_string().contains("12 letters"));
+        let no_secret = TOML.replace(r#"auth_code = "auth""#, "");
+        assert!(Config::from_toml(&no_secret, env(&[])).unwrap_err().to_string().contains("auth_code is missing"));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__URL", "amqp://u:hunter2@h/")])).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("\"sk\"") && !debug.contains("\"auth\""), "{debug}");
+    }
+}
