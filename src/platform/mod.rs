@@ -1,4 +1,9 @@
 //! The provincial platform as a client sees it: the request envelope and its `msgid`, the
 //! CSB gateway signature, the HTTP client, the classification of answers, and tokens.
 
+pub mod envelope;
+pub mod outcome;
 pub mod sign;
+
+pub use envelope::{Envelope, MsgIdSlot, MsgIds};
+pub use outcome::{Outcome, Reply};
