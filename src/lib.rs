@@ -8,4 +8,6 @@
 pub mod beijing;
 pub mod config;
 pub mod platform;
+pub mod commands;
 pub mod spec;
+pub mod telemetry;

@@ -1,1 +1,52 @@
-fn main() {}
+//! The `els-bridge` command line: one binary for every job.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use els_bridge::commands;
+
+/// Reports hospital stock movements (drugs and consumables: stock-in, stock-out, returns)
+/// to the Jiangsu provincial procurement platform, transactions ELS7001–ELS7007.
+#[derive(Debug, Parser)]
+#[command(name = "els-bridge", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Upload record files directly to the platform, without a broker (back-filling).
+    Send(commands::send::SendArgs),
+    /// Check event or record files against the spec, offline.
+    Validate(commands::validate::ValidateArgs),
+    /// Run the provincial platform simulator.
+    Simulate(commands::simulate::SimulateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    els_bridge::telemetry::init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(commands::EXIT_USAGE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Send(args) => commands::send::run(args).await,
+            Command::Validate(args) => commands::validate::run(args).await,
+            Command::Simulate(args) => commands::simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(commands::EXIT_USAGE)
+        }
+    }
+}
