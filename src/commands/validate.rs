@@ -1,10 +1,73 @@
-//! `els-bridge validate`: placeholder.
+//! `els-bridge validate FILE...`: checks event files (contract §1) or record files
+//! (`--infno`) against the spec offline, printing `FILE:LINE: field: reason` per problem.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::{EXIT_FAILED, EXIT_OK};
+use crate::config::Config;
+use crate::event::{self, Institutions, InvalidEvent};
+use crate::input::{Format, Lines};
+use crate::spec::{Infno, Record};
 
 /// Options of `els-bridge validate`.
 #[derive(Debug, clap::Args)]
-pub struct ValidateArgs {}
+#[command(after_help = "Exit status: 0 when every line is valid, 1 when any line is invalid, 2 on usage errors.\n\
+Without --infno each line is an event: {\"infno\": \"ELS7002\", \"fixmedins_code\": \"...\", \"version\": 1, \"data\": {...}}.")]
+pub struct ValidateArgs {
+    /// Files to check: JSON Lines, or CSV (by the .csv extension or --format) with --infno.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// The files hold records (`data` objects) of this transaction instead of events.
+    #[arg(long, value_name = "ELS700x")]
+    infno: Option<Infno>,
+    /// File layout; by default CSV for *.csv, JSON Lines otherwise.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Check institution codes of events against this configuration (else any 12-character code).
+    #[arg(long, env = "ELS_BRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
 
-/// Runs the command.
-pub async fn run(_args: ValidateArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not built yet")
+/// Checks every line of every file.
+pub async fn run(args: ValidateArgs) -> anyhow::Result<u8> {
+    if let Some(infno) = args.infno
+        && !infno.is_upload()
+    {
+        anyhow::bail!("--infno {infno}: ELS7001 has no records; use ELS7002 to ELS7007");
+    }
+    let config = args.config.as_deref().map(|p| Config::load(Some(p))).transpose()?;
+    let codes: Vec<&str> = config.iter().flat_map(|c| c.institutions.iter().map(|i| i.fixmedins_code.as_str())).collect();
+    let institutions = if config.is_some() { Institutions::Known(&codes) } else { Institutions::Any };
+
+    let mut out = std::io::stdout().lock();
+    let (mut valid, mut invalid) = (0u64, 0u64);
+    for path in &args.files {
+        let format = args.format.unwrap_or_else(|| Format::guess(path));
+        if format == Format::Csv && args.infno.is_none() {
+            anyhow::bail!("{}: CSV files hold records; say which transaction with --infno", path.display());
+        }
+        let lines = Lines::open(path, format).with_context(|| format!("cannot read {}", path.display()))?;
+        for line in lines {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            let problems = match (line.content, args.infno) {
+                (Err(error), _) => InvalidEvent::from(error).0,
+                (Ok(row), Some(infno)) => Record::parse(infno, &row).err().map(|e| e.problems("")).unwrap_or_default(),
+                (Ok(object), None) => event::from_object(&object, institutions).err().map(|e| e.0).unwrap_or_default(),
+            };
+            if problems.is_empty() {
+                valid += 1;
+                continue;
+            }
+            invalid += 1;
+            for problem in problems {
+                let field = if problem.field.is_empty() { String::new() } else { format!(" {}:", problem.field) };
+                writeln!(out, "{}:{}:{field} {}", path.display(), line.number, problem.reason)?;
+            }
+        }
+    }
+    writeln!(out, "{} lines checked: {valid} valid, {invalid} invalid", valid + invalid)?;
+    Ok(if invalid == 0 { EXIT_OK } else { EXIT_FAILED })
 }

@@ -1,0 +1,116 @@
+//! The HTTP client of the provincial platform: signs, sends and classifies one request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::envelope::{Envelope, MsgIds};
+use super::outcome::Outcome;
+use super::sign::CsbHeaders;
+use crate::config::{DecimalFormat, Institution, PlatformSettings};
+use crate::spec::{Infno, Record};
+
+/// Why the client cannot be built; a configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file for an https platform cannot be read or parsed.
+    #[error("platform.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    /// reqwest refused the settings.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// One request made and what its answer means.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The msgid the request carried.
+    pub msgid: String,
+    /// The classified answer.
+    pub outcome: Outcome,
+}
+
+/// Sends signed requests to the platform; cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct PlatformClient {
+    http: reqwest::Client,
+    url: String,
+    decimals_as_numbers: bool,
+    msgids: Arc<MsgIds>,
+}
+
+impl PlatformClient {
+    /// A client for `settings`, numbering messages with `msgids`.
+    pub fn new(settings: &PlatformSettings, msgids: Arc<MsgIds>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("els-bridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &settings.ca_file {
+            let ca_error = |reason: String| ClientError::CaFile { path: path.display().to_string(), reason };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(PlatformClient {
+            http: builder.build()?,
+            url: settings.url.clone(),
+            decimals_as_numbers: settings.decimal_format == DecimalFormat::Number,
+            msgids,
+        })
+    }
+
+    /// ELS7001: asks for a new access token.
+    pub async fn fetch_token(&self, institution: &Institution) -> Call {
+        let input = json!({
+            "app_code": institution.app_code,
+            "auth_code": institution.auth_code().expose_secret(),
+        });
+        self.call(institution, Infno::Els7001, input).await
+    }
+
+    /// Uploads `records` (at most 100, all of `infno`) with `token`.
+    pub async fn upload<'r>(
+        &self,
+        institution: &Institution,
+        infno: Infno,
+        token: &str,
+        records: impl IntoIterator<Item = &'r Record>,
+    ) -> Call {
+        let rows: Vec<Value> = records.into_iter().map(|r| r.to_json(self.decimals_as_numbers)).collect();
+        self.call(institution, infno, json!({ "access_token": token, "data": rows })).await
+    }
+
+    /// Sends one transaction and classifies the answer; never fails, every failure is an
+    /// [`Outcome`].
+    async fn call(&self, institution: &Institution, infno: Infno, input: Value) -> Call {
+        let msgid = self.msgids.next(&institution.fixmedins_code).await;
+        let now = Utc::now();
+        let envelope = Envelope::new(institution, infno, msgid.clone(), now, input);
+        let headers = CsbHeaders::new(
+            &institution.csb_access_key,
+            institution.csb_secret_key().expose_secret(),
+            now.timestamp_millis(),
+        );
+        let mut request = self.http.post(&self.url).json(&envelope);
+        for (name, value) in headers.pairs() {
+            request = request.header(name, value);
+        }
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(body) => Outcome::from_http(status, &body),
+                    Err(error) => Outcome::from_transport(error),
+                }
+            }
+            Err(error) => Outcome::from_transport(error),
+        };
+        Call { msgid, outcome }
+    }
+}

@@ -1,0 +1,124 @@
+//! Uploading one batch: get the shared token, send, resend once with a new token on code 5,
+//! split on 28, and **bisect** a refused batch until only the refused rows are left, so that
+//! every other row still reaches the platform. The platform never says which row it
+//! refused, so halving is the only way to find out.
+//!
+//! What to do about failures that are not about the data (retry later, hold the
+//! institution) is the caller's decision: those rows come back [`Settled::Unsettled`].
+
+use tracing::Instrument;
+
+use crate::config::Institution;
+use crate::platform::{Call, Outcome, PlatformClient, Tokens};
+use crate::spec::Record;
+
+/// A record on its way to the platform, with whatever identifies where it came from
+/// (a file line for `send`, a broker delivery for the worker).
+#[derive(Debug, Clone)]
+pub struct Row<T> {
+    /// The validated record.
+    pub record: Record,
+    /// Its origin.
+    pub source: T,
+}
+
+/// What became of the rows of a batch.
+#[derive(Debug)]
+pub enum Settled<T> {
+    /// At the platform (returnCode 1 or 17) with the call's msgid.
+    Accepted { rows: Vec<Row<T>>, msgid: String },
+    /// Refused by the platform on its own: a person must look at it.
+    Refused { row: Row<T>, code: u32, message: String },
+    /// Not settled: the platform failed for a reason that is not about these rows
+    /// (transient, configuration, daily limit); the caller retries or holds them.
+    Unsettled { rows: Vec<Row<T>>, outcome: Outcome },
+}
+
+/// Uploads batches of one institution and transaction with the shared token.
+#[derive(Clone)]
+pub struct Uploader {
+    client: PlatformClient,
+    tokens: Tokens,
+}
+
+impl Uploader {
+    /// An uploader sending with `client` and tokens from `tokens`.
+    pub fn new(client: PlatformClient, tokens: Tokens) -> Self {
+        Uploader { client, tokens }
+    }
+
+    /// Uploads `rows` (one institution, one infno, at most 100), splitting and bisecting as
+    /// needed. Returns every row exactly once, in settled groups; calls made are counted
+    /// in `calls`.
+    pub async fn upload<T>(&self, institution: &Institution, rows: Vec<Row<T>>, calls: &mut u64) -> Vec<Settled<T>> {
+        let mut settled = Vec::new();
+        // Depth-first, first half first, so rows reach the platform in their order.
+        let mut work = vec![rows];
+        while let Some(batch) = work.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            let Call { msgid, outcome } = self.attempt(institution, &batch, calls).await;
+            match outcome {
+                outcome if outcome.is_accepted() => settled.push(Settled::Accepted { rows: batch, msgid }),
+                Outcome::Refused { code, message } if batch.len() == 1 => {
+                    let row = batch.into_iter().next().expect("one row");
+                    tracing::warn!(key = row.record.key(), code, %message, "the platform refused a record");
+                    settled.push(Settled::Refused { row, code, message });
+                }
+                Outcome::Refused { .. } | Outcome::TooManyRows if batch.len() > 1 => {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    work.push(second);
+                    work.push(first);
+                }
+                outcome => {
+                    // Not about the data: the rest would fail alike; leave it all to the caller.
+                    let mut rows = batch;
+                    rows.extend(work.drain(..).rev().flatten());
+                    settled.push(Settled::Unsettled { rows, outcome });
+                }
+            }
+        }
+        settled
+    }
+
+    /// One call with the current token; on code 5, one more with a new token.
+    async fn attempt<T>(&self, institution: &Institution, batch: &[Row<T>], calls: &mut u64) -> Call {
+        let infno = batch[0].record.infno();
+        let span = tracing::info_span!(
+            "upload",
+            institution = %institution.fixmedins_code,
+            %infno,
+            rows = batch.len(),
+            msgid = tracing::field::Empty,
+            return_code = tracing::field::Empty,
+        );
+        async {
+            let mut call = None;
+            for _ in 0..2 {
+                let token = match self.tokens.get(institution).await {
+                    Ok(token) => token,
+                    Err(error) => return Call { msgid: String::new(), outcome: error.as_outcome() },
+                };
+                *calls += 1;
+                let this = self.client.upload(institution, infno, &token.value, batch.iter().map(|r| &r.record)).await;
+                tracing::Span::current().record("msgid", this.msgid.as_str());
+                if let Some(code) = this.outcome.return_code() {
+                    tracing::Span::current().record("return_code", code);
+                }
+                tracing::debug!(outcome = %this.outcome, "upload answered");
+                if this.outcome != Outcome::TokenInvalid {
+                    return this;
+                }
+                if let Err(error) = self.tokens.invalidate(institution, &token).await {
+                    return Call { msgid: this.msgid, outcome: Outcome::Transient { code: None, message: error.to_string() } };
+                }
+                call = Some(this);
+            }
+            call.expect("two attempts made")
+        }
+        .instrument(span)
+        .await
+    }
+}
