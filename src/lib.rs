@@ -12,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod input;
 pub mod platform;
+pub mod simulator;
 pub mod retry;
 pub mod spec;
 pub mod telemetry;

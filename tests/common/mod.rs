@@ -1,0 +1,7 @@
+//! Helpers shared by the integration tests; each test binary declares `mod common;` and
+//! uses the parts it needs.
+
+pub mod broker;
+pub mod records;
+pub mod simulator;
+pub mod worker;
