@@ -52,6 +52,9 @@ pub struct Config {
     /// The health and metrics endpoint of the worker.
     #[serde(default)]
     pub http: HttpSettings,
+    /// The worker's shutdown.
+    #[serde(default)]
+    pub worker: WorkerSettings,
     /// The institutions this process reports for.
     #[serde(default)]
     pub institutions: Vec<Institution>,
@@ -69,6 +72,42 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// A private CA for `amqps://`.
     pub ca_file: Option<PathBuf>,
+    /// The topic exchange events are published to.
+    #[serde(default = "default_events")]
+    pub exchange: String,
+    /// The work queue all workers consume, bound to the exchange with `#`.
+    #[serde(default = "default_events")]
+    pub queue: String,
+    /// The dead-letter queue.
+    #[serde(default = "default_dead")]
+    pub dead_letter_queue: String,
+    /// Prefix of the project's other queues and exchanges (delays, tokens, msgid slots).
+    #[serde(default = "default_name_prefix")]
+    pub name_prefix: String,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        AmqpSettings {
+            url: default_amqp_url(),
+            prefetch: default_prefetch(),
+            ca_file: None,
+            exchange: default_events(),
+            queue: default_events(),
+            dead_letter_queue: default_dead(),
+            name_prefix: default_name_prefix(),
+        }
+    }
+}
+
+fn default_events() -> String {
+    "els.events".into()
+}
+fn default_dead() -> String {
+    "els.dead".into()
+}
+fn default_name_prefix() -> String {
+    "els".into()
 }
 
 fn default_amqp_url() -> SecretString {
@@ -173,6 +212,21 @@ impl Default for HttpSettings {
     }
 }
 
+/// `[worker]`: how a worker stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// On SIGTERM, how long to flush open batches and settle before closing; what is not
+    /// settled by then stays unacked and is delivered again.
+    pub drain_deadline_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings { drain_deadline_secs: 30 }
+    }
+}
+
 /// `[[institutions]]`: one hospital, with its envelope values and credentials.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,7 +288,66 @@ pub struct Institution {
     pub fixmedins_soft_fcty: String,
 }
 
+/// Envelope values of an institution as the interface text (table 2) constrains them:
+/// (key, max characters, required).
+const ENVELOPE_VALUES: &[(&str, usize, bool)] = &[
+    ("fixmedins_name", 20, true),
+    ("mdtrtarea_admvs", 6, true),
+    ("insuplc_admdvs", 6, false),
+    ("recer_sys_code", 10, true),
+    ("dev_no", 100, false),
+    ("dev_safe_info", 2000, false),
+    ("cainfo", 1024, true),
+    ("signtype", 10, false),
+    ("infver", 6, true),
+    ("opter_type", 3, true),
+    ("opter", 30, true),
+    ("opter_name", 50, true),
+    ("sign_no", 30, false),
+    ("fixmedins_soft_fcty", 200, true),
+];
+
 impl Institution {
+    fn envelope_value(&self, key: &str) -> &str {
+        match key {
+            "fixmedins_name" => &self.fixmedins_name,
+            "mdtrtarea_admvs" => &self.mdtrtarea_admvs,
+            "insuplc_admdvs" => &self.insuplc_admdvs,
+            "recer_sys_code" => &self.recer_sys_code,
+            "dev_no" => &self.dev_no,
+            "dev_safe_info" => &self.dev_safe_info,
+            "cainfo" => &self.cainfo,
+            "signtype" => &self.signtype,
+            "infver" => &self.infver,
+            "opter_type" => &self.opter_type,
+            "opter" => &self.opter,
+            "opter_name" => &self.opter_name,
+            "sign_no" => &self.sign_no,
+            _ => &self.fixmedins_soft_fcty,
+        }
+    }
+
+    /// Checks the envelope values, so that a platform refusal of the envelope (which the
+    /// platform answers like a refusal of the data) cannot happen at run time.
+    fn check_envelope(&self) -> Result<(), ConfigError> {
+        let code = &self.fixmedins_code;
+        for &(key, max, required) in ENVELOPE_VALUES {
+            let value = self.envelope_value(key);
+            if required && value.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("institution {code}: {key} is required by the platform's envelope")));
+            }
+            if value.chars().count() > max {
+                return Err(ConfigError::Invalid(format!("institution {code}: {key} must be at most {max} characters")));
+            }
+        }
+        if !["1", "2", "3"].contains(&self.opter_type.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "institution {code}: opter_type must be \"1\" (operator), \"2\" (self-service terminal) or \"3\" (mobile terminal)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The auth code, from the file when `auth_code_file` is set.
     pub fn auth_code(&self) -> &SecretString {
         self.auth_code.as_ref().expect("resolved by Config::load")
@@ -358,6 +471,7 @@ impl Config {
             if code.chars().count() != 12 || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return fail(format!("institution {code:?}: fixmedins_code must be 12 letters or digits"));
             }
+            institution.check_envelope()?;
             if seen.contains(&code) {
                 return fail(format!("institution {code} is configured twice"));
             }
@@ -388,6 +502,13 @@ mod tests {
         csb_access_key = "ak"
         csb_secret_key = "sk"
         mdtrtarea_admvs = "321282"
+        recer_sys_code = "ELS"
+        cainfo = "ca"
+        infver = "V1.0"
+        opter_type = "3"
+        opter = "els-bridge"
+        opter_name = "els-bridge"
+        fixmedins_soft_fcty = "els-bridge"
     "#;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -444,6 +565,10 @@ mod tests {
         assert!(err.to_string().contains("NOPE"), "{err}");
         let short = TOML.replace("H32128200338", "H321");
         assert!(Config::from_toml(&short, env(&[])).unwrap_err().to_string().contains("12 letters"));
+        let no_cainfo = TOML.replace(r#"cainfo = "ca""#, "");
+        assert!(Config::from_toml(&no_cainfo, env(&[])).unwrap_err().to_string().contains("cainfo is required"));
+        let bad_type = TOML.replace(r#"opter_type = "3""#, r#"opter_type = "9""#);
+        assert!(Config::from_toml(&bad_type, env(&[])).unwrap_err().to_string().contains("opter_type must be"));
         let no_secret = TOML.replace(r#"auth_code = "auth""#, "");
         assert!(Config::from_toml(&no_secret, env(&[])).unwrap_err().to_string().contains("auth_code is missing"));
     }

@@ -211,7 +211,14 @@ mod tests {
             auth_code = "b"
             csb_access_key = "c"
             csb_secret_key = "d"
-            infver = "V1.0""#,
+            mdtrtarea_admvs = "321282"
+            recer_sys_code = "ELS"
+            cainfo = "ca"
+            infver = "V1.0"
+            opter_type = "3"
+            opter = "o"
+            opter_name = "o"
+            fixmedins_soft_fcty = "f""#,
             Vec::new(),
         )
         .unwrap();
@@ -219,6 +226,7 @@ mod tests {
         let e = Envelope::new(&config.institutions[0], Infno::Els7002, "m".into(), now, Value::Null);
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["dev_no"], "");
+        assert_eq!(json["insuplc_admdvs"], "");
         assert_eq!(json["sign_no"], "");
         assert_eq!(json["infver"], "V1.0");
         assert_eq!(json["infno"], "ELS7002");

@@ -186,8 +186,6 @@ pub fn unique_vhost(label: &str) -> TestVhost {
     vhost
 }
 
-/// The name of the original brief for [`unique_vhost`]; the isolation is by vhost.
-pub use self::unique_vhost as unique_vhost_or_prefix;
 
 /// The messages of one queue, as `rabbitmqctl list_queues` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,0 +1,187 @@
+//! Worker processes and a small AMQP client for the worker's integration tests: publish
+//! events with confirms, read the dead-letter queue, start and stop real `els-bridge
+//! worker` processes.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the shared helpers")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use els_bridge::broker::Topology;
+use els_bridge::config::{AmqpSettings, RetrySettings};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+/// A running `els-bridge worker`, killed when dropped.
+pub struct WorkerProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `els-bridge worker --config CONFIG`, logging to a file beside the config.
+    pub fn start(config: &Path, name: &str) -> WorkerProcess {
+        let log = config.with_file_name(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("create the worker log");
+        let child = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+            .args(["worker", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,els_bridge=debug")
+            .env_remove("ELS_BRIDGE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start els-bridge worker");
+        WorkerProcess { child: Some(child), log }
+    }
+
+    /// What the worker logged so far (for failure messages only).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit (within `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("worker still running");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the worker") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the worker did not stop within {timeout:?} after SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the worker with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[amqp]`, `[batch]`, `[retry]` and `[http]` sections of a fast test worker.
+pub fn worker_toml(amqp_url: &str, linger_ms: u64) -> String {
+    format!(
+        "[amqp]\nurl = {amqp_url:?}\nprefetch = 500\n\n[batch]\nlinger_ms = {linger_ms}\n\n\
+         [retry]\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\nmax_elapsed_secs = 600\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ndrain_deadline_secs = 20\n"
+    )
+}
+
+/// A test's connection to its vhost.
+pub struct Amqp {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// A message read from a queue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The body, parsed as JSON.
+    pub body: Value,
+    /// Headers with string or integer values, as text.
+    pub headers: BTreeMap<String, String>,
+    /// The properties.
+    pub properties: BasicProperties,
+}
+
+impl Amqp {
+    /// Connects to `url` with a confirm-mode channel.
+    pub async fn connect(url: &str) -> Amqp {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("connect to the test vhost");
+        let channel = connection.create_channel().await.expect("channel");
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+        Amqp { connection, channel }
+    }
+
+    /// Declares the worker's default topology (as a worker would at start-up).
+    pub async fn declare(&self, retry: &RetrySettings) {
+        Topology::new(&AmqpSettings::default(), retry).declare(&self.channel).await.expect("declare the topology");
+    }
+
+    /// Publishes events to `els.events` (routing key `<infno>.<code>`), confirmed one by one.
+    pub async fn publish(&self, events: &[Value]) {
+        for (i, event) in events.iter().enumerate() {
+            let key = format!(
+                "{}.{}",
+                event["infno"].as_str().unwrap_or("x"),
+                event["fixmedins_code"].as_str().unwrap_or("x")
+            );
+            self.publish_raw(&key, event.to_string().as_bytes(), &format!("test-{i}")).await;
+        }
+    }
+
+    /// Publishes one body as is (for malformed events).
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: &str) {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message_id.into());
+        let confirm = self
+            .channel
+            .basic_publish("els.events".into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker refused a test event");
+    }
+
+    /// Takes every message of `queue` (acking them).
+    pub async fn take_all(&self, queue: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            let delivery = message.delivery;
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            let body = serde_json::from_slice(&delivery.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&delivery.data).into_owned()));
+            messages.push(Message { body, headers: headers(delivery.properties.headers()), properties: delivery.properties });
+        }
+        messages
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+fn headers(table: &Option<FieldTable>) -> BTreeMap<String, String> {
+    let Some(table) = table else { return BTreeMap::new() };
+    table
+        .inner()
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                AMQPValue::LongString(s) => s.to_string(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::LongInt(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((name.to_string(), text))
+        })
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! `els-bridge validate` on files with good and bad lines, as an operator runs it.
+
+mod common;
+
+use std::process::Command;
+
+use common::records::{event, jsonl, row};
+use els_bridge::spec::Infno;
+use serde_json::json;
+
+fn validate(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .arg("validate")
+        .args(args)
+        .env_remove("ELS_BRIDGE_CONFIG")
+        .output()
+        .expect("run els-bridge");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn valid_record_files_of_every_transaction_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for infno in Infno::UPLOADS {
+        let path = dir.path().join(format!("{infno}.jsonl"));
+        let rows: Vec<_> = (0..3).map(|i| row(infno, &format!("K{i}"), "1")).collect();
+        std::fs::write(&path, jsonl(&rows)).unwrap();
+        let (code, out, err) = validate(&["--infno", infno.as_str(), path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{infno}: {out}{err}");
+        assert!(out.contains("3 lines checked: 3 valid, 0 invalid"), "{out}");
+    }
+}
+
+#[test]
+fn each_bad_line_is_reported_with_file_line_field_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    let mut bad_qty = row(Infno::Els7002, "K2", "1");
+    bad_qty.insert("stoin_cnt".into(), json!("-5"));
+    let mut bad_flag = row(Infno::Els7002, "K3", "1");
+    bad_flag.insert("er_flag".into(), json!("Y"));
+    bad_flag.remove("drug_code");
+    let mut content = jsonl([&row(Infno::Els7002, "K1", "1"), &bad_qty, &bad_flag]);
+    content.push_str("{not json\n");
+    content.push_str("[1,2]\n");
+    let mut bytes = content.into_bytes();
+    bytes.extend(b"\xff\xfe\n");
+    bytes.extend(b"{\"drug_code\": \"");
+    bytes.extend(std::iter::repeat_n(b'x', 10 << 20));
+    bytes.extend(b"\"}\n");
+    std::fs::write(&path, bytes).unwrap();
+
+    let (code, out, err) = validate(&["--infno", "ELS7002", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let p = path.to_str().unwrap();
+    assert!(out.contains(&format!("{p}:2: stoin_cnt: must be a non-negative decimal")), "{out}");
+    assert!(out.contains(&format!("{p}:3: drug_code: is required")), "{out}");
+    assert!(out.contains(&format!("{p}:3: er_flag: must be one of \"0\", \"1\" (got \"Y\")")), "{out}");
+    assert!(out.contains(&format!("{p}:4: not valid JSON")), "{out}");
+    assert!(out.contains(&format!("{p}:5: expected a JSON object")), "{out}");
+    assert!(out.contains(&format!("{p}:6: the line is not UTF-8")), "{out}");
+    assert!(out.contains(&format!("{p}:7: drug_code: must be at most 23 characters")), "{out}");
+    assert!(out.len() < 10_000, "a 10 MB value is quoted as an excerpt");
+    assert!(out.contains("7 lines checked: 1 valid, 6 invalid"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn events_are_checked_with_their_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let good = event(Infno::Els7005, "H32128200338", Some(3), row(Infno::Els7005, "OUT-1", "2"));
+    let mut wrong_kind = event(Infno::Els7005, "H32128200338", None, row(Infno::Els7005, "OUT-2", "2"));
+    wrong_kind["data"]["drug_code"] = json!("X");
+    let unknown_infno = json!({"infno": "ELS7099", "fixmedins_code": "H32128200338", "data": {}});
+    let lines = [good, wrong_kind, unknown_infno].map(|v| v.to_string()).join("\n");
+    std::fs::write(&path, lines).unwrap();
+
+    let (code, out, _) = validate(&[path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":2: data.drug_code: is a field of drug rows, not of this transaction"), "{out}");
+    assert!(out.contains(":3: infno: unknown transaction code \"ELS7099\""), "{out}");
+    assert!(out.contains("3 lines checked: 1 valid, 2 invalid"), "{out}");
+}
+
+#[test]
+fn csv_record_files_are_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    let good = row(Infno::Els7004, "C1", "3");
+    let header: Vec<&String> = good.keys().collect();
+    let values: Vec<String> = good.values().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let mut text = String::from("\u{feff}");
+    text.push_str(&header.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","));
+    text.push('\n');
+    text.push_str(&values.join(","));
+    text.push('\n');
+    text.push_str(&values.iter().map(|v| if v == "3" { "three".to_owned() } else { v.clone() }).collect::<Vec<_>>().join(","));
+    text.push('\n');
+    std::fs::write(&path, text).unwrap();
+
+    let (code, out, _) = validate(&["--infno", "ELS7004", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":3: stoin_cnt: must be a non-negative decimal"), "{out}");
+    assert!(out.contains("2 lines checked: 1 valid, 1 invalid"), "{out}");
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let (code, _, err) = validate(&["--infno", "ELS7002", "/nonexistent/file.jsonl"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read /nonexistent/file.jsonl"), "{err}");
+    let (code, _, _) = validate(&["--infno", "ELS7009", "x"]);
+    assert_eq!(code, 2);
+}
