@@ -1,0 +1,52 @@
+//! RabbitMQ: connecting (with rustls and an optional private CA), the topology the worker
+//! declares, confirmed publishing, and the fleet-wide token store and msgid slots.
+
+pub mod msgid_slot;
+pub mod publisher;
+pub mod token_store;
+pub mod topology;
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+
+use crate::config::AmqpSettings;
+
+pub use msgid_slot::claim_msgid_slot;
+pub use publisher::Publisher;
+pub use token_store::AmqpTokenStore;
+pub use topology::Topology;
+
+/// Why the broker cannot be used right now.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// `amqp.ca_file` cannot be read.
+    #[error("amqp.ca_file {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    /// Connecting, declaring, publishing or consuming failed (the URL is never shown).
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker ended the consumer (connection lost, or the queue was deleted).
+    #[error("the broker ended the consumer (connection lost or queue deleted)")]
+    ConsumerEnded,
+    /// Something built on the connection could not be set up.
+    #[error("{0}")]
+    Setup(String),
+    /// The broker did not confirm a publish.
+    #[error("the broker refused to take a message (negative confirm)")]
+    Nacked,
+}
+
+/// Opens a connection to the broker of `settings`; the connection name shows in the
+/// management UI.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, BrokerError> {
+    let mut tls = OwnedTLSConfig::default();
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|source| BrokerError::CaFile { path: path.display().to_string(), source })?;
+        tls.cert_chain = Some(pem);
+    }
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_with_config(settings.url.expose_secret(), properties, tls, runtime).await?)
+}

@@ -1,0 +1,97 @@
+//! Fleet-wide msgid slots: every process that talks to the platform numbers its messages in
+//! a slot of its own (see [`MsgIds`](crate::platform::MsgIds)), so that two replicas never
+//! send the same `msgid` in the same second.
+//!
+//! Slot `n` is held by declaring the **exclusive** queue `<prefix>.msgid.slot.<n>` (e.g.
+//! `els.msgid.slot.0`): the broker lets one connection own it and deletes it when that
+//! connection closes or dies, so a slot is held exactly as long as the connection lives and
+//! a crashed replica frees its slot by itself.
+//!
+//! To find a free slot without tripping over the others, each candidate is first probed
+//! with a mandatory, immediately expiring message to the default exchange: a queue that
+//! exists takes it (slot taken, also when this very connection holds it, so two claims on
+//! one connection get distinct slots); a returned probe means no such queue. Only then is the
+//! queue declared; should another connection win the race in between, the broker refuses
+//! with RESOURCE_LOCKED (405), which closes that channel, and the search goes on with a
+//! fresh channel.
+//!
+//! When the connection is lost the slot may go to another process: stop numbering with it,
+//! and claim again (maybe a different slot) on the new connection before sending.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ErrorKind};
+
+use super::BrokerError;
+use crate::platform::envelope::MSGID_SLOTS;
+
+/// The queue that holds msgid slot `slot` for `prefix`.
+pub fn slot_queue_name(prefix: &str, slot: u16) -> String {
+    format!("{prefix}.msgid.slot.{slot}")
+}
+
+/// Claims a free msgid slot (below [`MSGID_SLOTS`]) for as long as `connection` lives.
+/// Fails with RESOURCE_LOCKED (405) when every slot is held by a live connection.
+pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u16, BrokerError> {
+    let mut channel = probe_channel(connection).await?;
+    for slot in 0..MSGID_SLOTS {
+        let queue = slot_queue_name(prefix, slot);
+        if exists(&channel, &queue).await? {
+            continue;
+        }
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
+        match channel.queue_declare(queue.as_str().into(), exclusive, arguments).await {
+            Ok(_) => {
+                // The queue belongs to the connection; the channel is no longer needed.
+                let _ = channel.close(200, "OK".into()).await;
+                tracing::debug!(slot, "claimed msgid slot");
+                return Ok(slot);
+            }
+            // Another connection declared it since the probe; that channel is closed now.
+            Err(error) if is_resource_locked(&error) => channel = probe_channel(connection).await?,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let _ = channel.close(200, "OK".into()).await;
+    let message = format!("all {MSGID_SLOTS} msgid slots ({}) are held by other connections", slot_queue_name(prefix, 0));
+    let error = AMQPError::new(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED), ShortString::from(message));
+    Err(BrokerError::Amqp(ErrorKind::ProtocolError(error).into()))
+}
+
+async fn probe_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Whether a queue named `queue` exists (in any connection's hands), found without an
+/// error that would close the channel: a mandatory message that no queue takes comes back.
+/// The probe expires at once in a queue that takes it.
+async fn exists(channel: &Channel, queue: &str) -> Result<bool, BrokerError> {
+    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let properties = BasicProperties::default().with_expiration("0".into());
+    let confirmation =
+        channel.basic_publish(ShortString::from(""), queue.into(), options, b"", properties).await?.await?;
+    if !confirmation.is_ack() {
+        return Err(BrokerError::Nacked);
+    }
+    Ok(confirmation.take_message().is_none())
+}
+
+fn is_resource_locked(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == AMQPSoftError::RESOURCELOCKED.get_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_queues_are_named_by_prefix_and_number() {
+        assert_eq!(slot_queue_name("els", 0), "els.msgid.slot.0");
+        assert_eq!(slot_queue_name("els", MSGID_SLOTS - 1), "els.msgid.slot.19");
+    }
+}
