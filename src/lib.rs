@@ -7,6 +7,7 @@
 //! [`commands`] that run it; [`simulator`] plays the provincial platform.
 
 pub mod beijing;
+pub mod broker;
 pub mod commands;
 pub mod config;
 pub mod event;
@@ -17,3 +18,4 @@ pub mod retry;
 pub mod spec;
 pub mod telemetry;
 pub mod upload;
+pub mod worker;

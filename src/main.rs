@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Consume stock-movement events from RabbitMQ and upload them (the main job).
+    Worker(commands::worker::WorkerArgs),
     /// Upload record files directly to the platform, without a broker (back-filling).
     Send(commands::send::SendArgs),
     /// Check event or record files against the spec, offline.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Worker(args) => commands::worker::run(args).await,
             Command::Send(args) => commands::send::run(args).await,
             Command::Validate(args) => commands::validate::run(args).await,
             Command::Simulate(args) => commands::simulate::run(args).await,

@@ -6,6 +6,7 @@
 pub mod send;
 pub mod simulate;
 pub mod validate;
+pub mod worker;
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;

@@ -7,6 +7,10 @@
 //! refuses a call, so that only the refused rows fail. Failed rows go to
 //! `FILE.rejects.jsonl` next to each input, one JSON object a line:
 //! `{"line": N, "reason": "...", "return_code": 13, "data": {...}}`.
+//!
+//! The access token is shared with every other sender of the institution: through the
+//! broker when `[amqp]` is configured (the worker fleet's token), else through a local
+//! file (other `send` runs of this host).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -22,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::config::{Config, Institution};
 use crate::input::{Format, Lines};
-use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, Tokens};
+use crate::broker;
+use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, TokenStore, Tokens};
 use crate::retry::Backoff;
 use crate::spec::{Infno, Record};
 use crate::upload::{Row, Settled, Uploader};
@@ -141,12 +146,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     }
 
-    let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
-    let state_dir = token_file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let slot = MsgIdSlot::claim_local(&state_dir).with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
-    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot.slot)))?;
-    let store = Arc::new(FileTokenStore::new(token_file, &config.platform.url));
-    let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
+    let shared = SharedState::open(&config).await?;
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(shared.slot)))?;
+    let tokens = Tokens::new(Arc::clone(&shared.store), client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let mut backoff = Backoff::new(&config.retry);
     if let Some(secs) = args.max_retry_secs {
         backoff.max_elapsed = Duration::from_secs(secs);
@@ -182,9 +184,54 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         }
     }
     progress.finish_and_clear();
-    drop(slot);
+    shared.close().await;
     sender.print_summary(args.infno, &written)?;
     Ok(if sender.tally.failed() == 0 { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// Where this run shares tokens and its msgid slot with other processes: the fleet's broker
+/// when `[amqp]` is configured, else a file beside the token file (processes of this host).
+struct SharedState {
+    store: Arc<dyn TokenStore>,
+    slot: u16,
+    /// Holds the slot: the local lock file, or the broker connection.
+    holder: SlotHolder,
+}
+
+enum SlotHolder {
+    Local(MsgIdSlot),
+    Broker(lapin::Connection),
+}
+
+impl SharedState {
+    async fn open(config: &Config) -> anyhow::Result<SharedState> {
+        match &config.amqp {
+            Some(amqp) => {
+                let connection = broker::connect(amqp, "els-bridge send").await.context("cannot connect to the broker of [amqp]")?;
+                let store = broker::token_store::start(&connection, &amqp.name_prefix).await?;
+                let slot = broker::msgid_slot::claim_msgid_slot(&connection, &amqp.name_prefix).await?;
+                Ok(SharedState { store, slot, holder: SlotHolder::Broker(connection) })
+            }
+            None => {
+                let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
+                let state_dir = token_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let slot = MsgIdSlot::claim_local(&state_dir)
+                    .with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
+                let store = Arc::new(FileTokenStore::new(token_file, &config.platform.url));
+                Ok(SharedState { store, slot: slot.slot, holder: SlotHolder::Local(slot) })
+            }
+        }
+    }
+
+    /// Releases the slot (and the broker connection).
+    async fn close(self) {
+        match self.holder {
+            SlotHolder::Local(slot) => drop(slot),
+            SlotHolder::Broker(connection) => {
+                let _ = connection.close(200, "done".into()).await;
+            }
+        }
+    }
 }
 
 fn pick_institution<'c>(config: &'c Config, code: Option<&str>) -> anyhow::Result<&'c Institution> {

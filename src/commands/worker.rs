@@ -1,0 +1,48 @@
+//! `els-bridge worker`: consume `els.events`, validate, batch, upload, ack / retry /
+//! dead-letter; serves `/healthz` and `/readyz`.
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use super::EXIT_OK;
+use crate::config::Config;
+
+/// Options of `els-bridge worker`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Runs until SIGTERM or SIGINT, then stops consuming, flushes open batches and settles \
+within worker.drain_deadline_secs; messages not settled by then are delivered again.")]
+pub struct WorkerArgs {
+    /// The configuration file.
+    #[arg(long, env = "ELS_BRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Runs the worker until a termination signal.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
+    let config = Config::load(args.config.as_deref())?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    crate::worker::run(config, shutdown).await?;
+    Ok(EXIT_OK)
+}
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,145 @@
+//! `els-bridge worker`: consumes the work queue, validates, batches, uploads and settles
+//! (contract §§1–4). Several replicas run side by side and behave as one client of the
+//! platform: they share one token per institution and distinct msgid slots through the
+//! broker.
+//!
+//! The worker connects, declares the topology, and runs a [`session::Session`] until the
+//! connection is lost, then reconnects with backoff; deliveries of a lost channel are never
+//! acked late (the broker redelivers them). SIGTERM/SIGINT stops consuming, flushes open
+//! batches and settles within `worker.drain_deadline_secs`.
+
+pub mod health;
+pub mod holds;
+pub mod lanes;
+pub mod session;
+pub mod settle;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, BrokerError, Publisher, Topology};
+use crate::config::{AmqpSettings, Config};
+use crate::platform::{MsgIds, PlatformClient, Tokens};
+use crate::retry::Backoff;
+use crate::upload::Uploader;
+use health::Health;
+use holds::Holds;
+use session::{Session, SessionEnd};
+use settle::Settler;
+
+/// A session that ran this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// Why the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Nothing to report for.
+    #[error("no institution is configured: add an [[institutions]] section")]
+    NoInstitutions,
+    /// The health endpoint cannot listen.
+    #[error("cannot serve /healthz and /readyz on {address}: {source}")]
+    Listen { address: std::net::SocketAddr, source: std::io::Error },
+    /// The platform client cannot be built.
+    #[error(transparent)]
+    Client(#[from] crate::platform::client::ClientError),
+}
+
+/// Runs the worker until `shutdown` is cancelled and the drain is over.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    if config.institutions.is_empty() {
+        return Err(WorkerError::NoInstitutions);
+    }
+    // Fail early on a bad platform configuration (CA file, ...).
+    PlatformClient::new(&config.platform, Arc::new(MsgIds::new(0)))?;
+    let amqp = config.amqp.clone().unwrap_or_default();
+    let backoff = Backoff::new(&config.retry);
+    let holds = Holds::new(backoff);
+    let health = Health::new(holds.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| WorkerError::Listen { address: config.http.listen, source })?;
+    let http = tokio::spawn(health::serve(listener, health.clone(), shutdown.clone()));
+
+    let mut failures = 0;
+    loop {
+        let started = Instant::now();
+        match connect_and_run(&config, &amqp, &holds, &health, &shutdown).await {
+            Ok(SessionEnd::Drained) => {
+                tracing::info!("drained: every delivery taken is settled");
+                break;
+            }
+            Ok(SessionEnd::DeadlinePassed { unsettled }) => {
+                tracing::warn!(unsettled, "drain deadline passed; unsettled messages will be delivered again");
+                break;
+            }
+            Err(error) => {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                failures = if started.elapsed() > STABLE_SESSION { 1 } else { failures + 1 };
+                let wait = backoff.delay(failures);
+                tracing::error!("broker connection lost or unusable ({error}); reconnecting in {:.1}s", wait.as_secs_f64());
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = http.await;
+    Ok(())
+}
+
+/// One connection: declare, share tokens and msgid slot, consume until lost or drained.
+async fn connect_and_run(
+    config: &Config,
+    amqp: &AmqpSettings,
+    holds: &Holds,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, BrokerError> {
+    let connection = broker::connect(amqp, "els-bridge worker").await?;
+    let result = run_connected(config, amqp, holds, health, shutdown, &connection).await;
+    if connection.status().connected() {
+        let _ = connection.close(200, "bye".into()).await;
+    }
+    result
+}
+
+async fn run_connected(
+    config: &Config,
+    amqp: &AmqpSettings,
+    holds: &Holds,
+    health: &Health,
+    shutdown: &CancellationToken,
+    connection: &Connection,
+) -> Result<SessionEnd, BrokerError> {
+    let topology = Topology::new(amqp, &config.retry);
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    let _ = channel.close(200, "declared".into()).await;
+
+    let store = broker::token_store::start(connection, &amqp.name_prefix).await?;
+    let slot = broker::msgid_slot::claim_msgid_slot(connection, &amqp.name_prefix).await?;
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))
+        .map_err(|e| BrokerError::Setup(e.to_string()))?;
+    let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
+    let publisher = Publisher::open(connection).await?;
+    let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
+    tracing::info!(msgid_slot = slot, "connected to the broker; topology declared");
+
+    let on_consuming = |consuming: bool| health.set_consuming(consuming);
+    let session = Session {
+        config,
+        amqp,
+        uploader: Uploader::new(client, tokens),
+        settler,
+        holds: holds.clone(),
+        on_consuming: &on_consuming,
+    };
+    session.run(connection, shutdown).await
+}

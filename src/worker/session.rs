@@ -1,0 +1,194 @@
+//! One connection's worth of work: consume the work queue, validate each event at the edge,
+//! batch valid records per lane, upload batches concurrently (a cap per institution), and
+//! settle every delivery. Ends when the connection is lost (the caller reconnects; every
+//! unsettled delivery is redelivered by the broker) or, after a shutdown request, when
+//! everything taken is settled or the drain deadline has passed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::holds::Holds;
+use super::lanes::{Batch, LaneKey, Lanes};
+use super::settle::Settler;
+use crate::broker::BrokerError;
+use crate::config::{AmqpSettings, Config, Institution};
+use crate::event::{self, Institutions};
+use crate::upload::Uploader;
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Shutdown was requested and everything taken is settled.
+    Drained,
+    /// Shutdown was requested; the drain deadline passed with `unsettled` deliveries left
+    /// (they stay unacked and are delivered again).
+    DeadlinePassed { unsettled: usize },
+}
+
+/// What a session needs from its worker.
+pub struct Session<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The broker settings (`[amqp]` or its defaults).
+    pub amqp: &'a AmqpSettings,
+    /// Uploads batches with the fleet's token.
+    pub uploader: Uploader,
+    /// Carries out settlements.
+    pub settler: Settler,
+    /// Institutions on hold.
+    pub holds: Holds,
+    /// Set when the session consumes, cleared when it stops.
+    pub on_consuming: &'a (dyn Fn(bool) + Sync),
+}
+
+/// What an upload task reports back when its deliveries are settled.
+type Done = Option<(LaneKey, Vec<String>)>;
+
+impl Session<'_> {
+    /// Consumes until the connection is lost (an error) or `shutdown` is cancelled and the
+    /// drain is over.
+    pub async fn run(self, connection: &Connection, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(self.amqp.prefetch, BasicQosOptions::default()).await?;
+        let queue = self.amqp.queue.as_str();
+        let mut consumer = channel
+            .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let consumer_tag = consumer.tag();
+        (self.on_consuming)(true);
+        tracing::info!(queue, "consuming");
+
+        let codes: Vec<&str> = self.config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect();
+        let per_institution: HashMap<&str, Arc<Semaphore>> = codes
+            .iter()
+            .map(|code| (*code, Arc::new(Semaphore::new(self.config.batch.max_in_flight_per_institution))))
+            .collect();
+        let mut lanes: Lanes<Delivery> = Lanes::new(self.config.batch.max_records, Duration::from_millis(self.config.batch.linger_ms));
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut drain_deadline: Option<Instant> = None;
+        // After the consumer is cancelled, deliveries the broker sent before the cancel
+        // still arrive; the consumer ends after them.
+        let mut consumer_open = true;
+
+        let result = loop {
+            let draining = drain_deadline.is_some();
+            if draining {
+                for batch in lanes.due(Instant::now(), true) {
+                    self.dispatch(&mut tasks, &per_institution, batch);
+                }
+                if !consumer_open && lanes.is_empty() && tasks.is_empty() {
+                    break Ok(SessionEnd::Drained);
+                }
+            }
+            let next_flush = lanes.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                () = shutdown.cancelled(), if !draining => {
+                    tracing::info!(waiting = lanes.waiting(), in_flight = tasks.len(), "shutting down: no new deliveries; flushing and settling");
+                    (self.on_consuming)(false);
+                    if let Err(error) = channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()).await {
+                        tracing::warn!("cancelling the consumer failed: {error}");
+                    }
+                    drain_deadline = Some(Instant::now() + Duration::from_secs(self.config.worker.drain_deadline_secs));
+                }
+                () = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now).into()), if draining => {
+                    break Ok(SessionEnd::DeadlinePassed { unsettled: lanes.waiting() + tasks.len() });
+                }
+                delivery = consumer.next(), if consumer_open => match delivery {
+                    Some(Ok(delivery)) => {
+                        if let Some(batch) = self.intake(&mut tasks, &mut lanes, &codes, delivery) {
+                            self.dispatch(&mut tasks, &per_institution, batch);
+                        }
+                    }
+                    Some(Err(error)) => break Err(error.into()),
+                    None if draining => consumer_open = false,
+                    None => break Err(BrokerError::ConsumerEnded),
+                },
+                () = tokio::time::sleep_until(next_flush.into()) => {
+                    for batch in lanes.due(Instant::now(), false) {
+                        self.dispatch(&mut tasks, &per_institution, batch);
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(Some((lane, keys))) = done {
+                        lanes.settled(&lane, keys);
+                    }
+                }
+            }
+        };
+        (self.on_consuming)(false);
+        if result.is_err() {
+            // The channel is gone: whatever is in flight can no longer be acked.
+            tasks.abort_all();
+        }
+        close(&channel).await;
+        result
+    }
+
+    /// Validates a delivery; an invalid one is dead-lettered, a valid one joins its lane
+    /// (returning the lane's batch when it is full).
+    fn intake(&self, tasks: &mut JoinSet<Done>, lanes: &mut Lanes<Delivery>, codes: &[&str], delivery: Delivery) -> Option<Batch<Delivery>> {
+        match event::parse(&delivery.data, Institutions::Known(codes)) {
+            Ok(event) => {
+                let lane = LaneKey { fixmedins_code: event.fixmedins_code, infno: event.record.infno() };
+                lanes.add(lane, event.record, event.version, delivery)
+            }
+            Err(invalid) => {
+                let settler = self.settler.clone();
+                tasks.spawn(async move {
+                    settler.invalid(&delivery, &invalid.to_string()).await;
+                    None
+                });
+                None
+            }
+        }
+    }
+
+    /// Uploads a batch in a task of its own, within the institution's in-flight cap.
+    fn dispatch(&self, tasks: &mut JoinSet<Done>, per_institution: &HashMap<&str, Arc<Semaphore>>, batch: Batch<Delivery>) {
+        let Some(institution) = self.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
+        let Some(cap) = per_institution.get(institution.fixmedins_code.as_str()).cloned() else { return };
+        let uploader = self.uploader.clone();
+        let settler = self.settler.clone();
+        let holds = self.holds.clone();
+        tasks.spawn(async move {
+            let _permit = cap.acquire_owned().await.ok()?;
+            let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
+            upload_and_settle(&institution, batch.rows, &uploader, &settler, &holds).await;
+            Some((batch.lane, keys))
+        });
+    }
+}
+
+async fn upload_and_settle(
+    institution: &Institution,
+    rows: Vec<crate::upload::Row<Vec<Delivery>>>,
+    uploader: &Uploader,
+    settler: &Settler,
+    holds: &Holds,
+) {
+    let code = &institution.fixmedins_code;
+    if let Some(wait) = holds.wait(code) {
+        let deliveries: Vec<&Delivery> = rows.iter().flat_map(|r| r.source.iter()).collect();
+        settler.hold(&deliveries, wait).await;
+        return;
+    }
+    let mut calls = 0;
+    let settled = uploader.upload(institution, rows, &mut calls).await;
+    settler.settle(code, settled).await;
+}
+
+async fn close(channel: &Channel) {
+    if channel.status().connected() {
+        let _ = channel.close(200, "bye".into()).await;
+    }
+}

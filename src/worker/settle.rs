@@ -1,0 +1,287 @@
+//! Settling deliveries: the one place that decides what an upload's outcome does to each
+//! delivery, and the broker operations that carry it out.
+//!
+//! | outcome | what happens to the deliveries |
+//! |---|---|
+//! | accepted (1, 17) | acked |
+//! | refused (8, 12–16), after bisection down to the row | dead-lettered `rejected` with returnCode and message |
+//! | transient (6, 7, HTTP 5xx, timeouts, connection errors, non-JSON, unknown codes, 5 twice) | parked in a delay queue for the next backoff step, counting an attempt; after `retry.max_elapsed_secs` since the first failure, dead-lettered `exhausted` |
+//! | configuration (2, 3, 4, 30, HTTP 401/403/404) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
+//! | daily limit (11) | the institution is held until Beijing midnight; parked until then |
+//!
+//! Parking and dead-lettering publish a copy with a broker confirm first and ack the
+//! original only then; if anything fails on the way, the original stays unacked and comes
+//! back (at least once, never lost).
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use super::holds::Holds;
+use crate::beijing;
+use crate::broker::{BrokerError, Publisher, Topology};
+use crate::platform::Outcome;
+use crate::retry::Backoff;
+use crate::upload::Settled;
+
+/// Why a message is dead-lettered (`x-els-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Malformed or fails the spec's field rules; never sent.
+    Invalid,
+    /// The platform refused this record permanently.
+    Rejected,
+    /// Transient failures outlasted the retry budget.
+    Exhausted,
+}
+
+impl Reason {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Invalid => "invalid",
+            Reason::Rejected => "rejected",
+            Reason::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Header names of contract §2 and of the retry state carried through delay queues.
+pub mod header {
+    /// Dead-letter reason.
+    pub const REASON: &str = "x-els-reason";
+    /// Human-readable explanation.
+    pub const ERROR: &str = "x-els-error";
+    /// The platform's returnCode.
+    pub const RETURN_CODE: &str = "x-els-return-code";
+    /// Upload attempts made.
+    pub const ATTEMPTS: &str = "x-els-attempts";
+    /// First failure (RFC 3339).
+    pub const FIRST_FAILED_AT: &str = "x-els-first-failed-at";
+    /// Last failure (RFC 3339).
+    pub const LAST_FAILED_AT: &str = "x-els-last-failed-at";
+}
+
+/// The retry state a message carries in its headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryState {
+    /// Upload attempts that failed so far.
+    pub attempts: u32,
+    /// When the first of them failed.
+    pub first_failed_at: Option<DateTime<Utc>>,
+}
+
+impl RetryState {
+    /// Reads the state from a message's headers (absent or malformed headers mean none).
+    pub fn of(headers: Option<&FieldTable>) -> Self {
+        let Some(headers) = headers else { return RetryState::default() };
+        let map = headers.inner();
+        let attempts = match map.get(header::ATTEMPTS) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+            Some(AMQPValue::LongUInt(n)) => *n,
+            _ => 0,
+        };
+        let first_failed_at = match map.get(header::FIRST_FAILED_AT) {
+            Some(AMQPValue::LongString(s)) => DateTime::parse_from_rfc3339(&s.to_string()).ok().map(|t| t.with_timezone(&Utc)),
+            _ => None,
+        };
+        RetryState { attempts, first_failed_at }
+    }
+}
+
+/// Carries out settlements on the broker.
+#[derive(Clone)]
+pub struct Settler {
+    publisher: Publisher,
+    topology: Topology,
+    backoff: Backoff,
+    holds: Holds,
+}
+
+impl Settler {
+    /// A settler publishing with `publisher` into `topology`.
+    pub fn new(publisher: Publisher, topology: Topology, backoff: Backoff, holds: Holds) -> Self {
+        Settler { publisher, topology, backoff, holds }
+    }
+
+    /// Settles every delivery of an upload of `institution` by its outcome (the table in
+    /// the module doc).
+    pub async fn settle(&self, institution: &str, settled: Vec<Settled<Vec<Delivery>>>) {
+        for group in settled {
+            match group {
+                Settled::Accepted { rows, msgid } => {
+                    self.holds.release(institution);
+                    tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
+                    for row in rows {
+                        for delivery in &row.source {
+                            ack(delivery).await;
+                        }
+                    }
+                }
+                Settled::Refused { row, code, message } => {
+                    self.holds.release(institution);
+                    let error = format!("the platform refused record {}: returnCode {code}: {message}", row.record.key());
+                    for delivery in &row.source {
+                        let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts + 1;
+                        self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts).await;
+                    }
+                }
+                Settled::Unsettled { rows, outcome } => {
+                    let deliveries: Vec<&Delivery> = rows.iter().flat_map(|row| row.source.iter()).collect();
+                    match &outcome {
+                        Outcome::Misconfigured { .. } => {
+                            let wait = self.holds.hold_misconfigured(institution, &outcome.to_string());
+                            for delivery in deliveries {
+                                self.park(delivery, wait).await;
+                            }
+                        }
+                        Outcome::DailyLimit => {
+                            let wait = self.holds.hold_until_midnight(institution);
+                            for delivery in deliveries {
+                                self.park(delivery, wait).await;
+                            }
+                        }
+                        _ => {
+                            for delivery in deliveries {
+                                self.retry_later(delivery, &outcome).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dead-letters an invalid event (never sent).
+    pub async fn invalid(&self, delivery: &Delivery, error: &str) {
+        self.dead_letter(delivery, Reason::Invalid, error, None, 0).await;
+    }
+
+    /// Parks deliveries of a held institution until its next probe, counting no attempt.
+    pub async fn hold(&self, deliveries: &[&Delivery], wait: Duration) {
+        for delivery in deliveries {
+            self.park(delivery, wait).await;
+        }
+    }
+
+    /// Counts a failed attempt and parks the delivery for the next backoff step, or
+    /// dead-letters it as `exhausted` past the retry budget.
+    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) {
+        let state = RetryState::of(delivery.properties.headers().as_ref());
+        let now = Utc::now();
+        let first = state.first_failed_at.unwrap_or(now);
+        let attempts = state.attempts + 1;
+        let failing_for = (now - first).to_std().unwrap_or_default();
+        if failing_for >= self.backoff.max_elapsed {
+            let error = format!("failing for {}s over {attempts} attempts; the last: {outcome}", failing_for.as_secs());
+            self.dead_letter(delivery, Reason::Exhausted, &error, outcome.return_code(), attempts).await;
+            return;
+        }
+        let wait = self.backoff.delay(attempts);
+        let mut headers = own_headers(delivery);
+        put(&mut headers, header::ATTEMPTS, AMQPValue::LongLongInt(attempts.into()));
+        put(&mut headers, header::FIRST_FAILED_AT, text(&rfc3339(first)));
+        put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
+        put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
+        tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
+        self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
+    }
+
+    /// Moves a delivery to a delay queue for `wait`, headers unchanged.
+    async fn park(&self, delivery: &Delivery, wait: Duration) {
+        let headers = own_headers(delivery);
+        self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
+    }
+
+    /// Publishes a dead letter (contract §2) and acks the original once it is confirmed.
+    async fn dead_letter(&self, delivery: &Delivery, reason: Reason, error: &str, return_code: Option<u32>, attempts: u32) {
+        let state = RetryState::of(delivery.properties.headers().as_ref());
+        let now = Utc::now();
+        let mut headers = own_headers(delivery);
+        put(&mut headers, header::REASON, text(reason.as_str()));
+        put(&mut headers, header::ERROR, text(&excerpt_long(error)));
+        if let Some(code) = return_code {
+            put(&mut headers, header::RETURN_CODE, AMQPValue::LongLongInt(code.into()));
+        }
+        put(&mut headers, header::ATTEMPTS, AMQPValue::LongLongInt(attempts.into()));
+        put(&mut headers, header::FIRST_FAILED_AT, text(&rfc3339(state.first_failed_at.unwrap_or(now))));
+        put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
+        tracing::warn!(reason = reason.as_str(), message_id = ?delivery.properties.message_id(), "dead-lettering: {error}");
+        let queue = self.topology.dead_letter_queue.clone();
+        self.republish(delivery, &queue, headers, None).await;
+    }
+
+    /// Publishes the delivery's body and properties with `headers` to `queue` (optionally
+    /// expiring after `expire`), then acks the original; on failure leaves it unacked.
+    async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) {
+        let mut properties = delivery.properties.clone().with_headers(headers);
+        if let Some(wait) = expire {
+            properties = properties.with_expiration(wait.as_millis().max(1).to_string().into());
+        }
+        match self.publisher.publish("", queue, &delivery.data, properties).await {
+            Ok(()) => ack(delivery).await,
+            Err(error) => warn_unsettled(&error),
+        }
+    }
+}
+
+/// Acks a delivery; if its channel is gone the broker redelivers it, which is safe.
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::debug!("ack failed, the message will be redelivered: {error}");
+    }
+}
+
+fn warn_unsettled(error: &BrokerError) {
+    tracing::warn!("could not move a message ({error}); it stays unacked and will be delivered again");
+}
+
+/// The delivery's headers (empty when it has none).
+fn own_headers(delivery: &Delivery) -> FieldTable {
+    delivery.properties.headers().clone().unwrap_or_default()
+}
+
+fn put(headers: &mut FieldTable, name: &str, value: AMQPValue) {
+    headers.insert(ShortString::from(name), value);
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Error texts in headers are kept to a readable size.
+fn excerpt_long(text: &str) -> String {
+    if text.chars().count() <= 1000 { text.to_owned() } else { format!("{}…", text.chars().take(1000).collect::<String>()) }
+}
+
+/// Time until the next Beijing midnight, plus up to a minute of jitter so that a fleet
+/// does not start again in one burst.
+pub fn until_beijing_midnight() -> Duration {
+    let now = Utc::now();
+    let wait = (beijing::next_midnight(now) - now).to_std().unwrap_or_default();
+    wait + Duration::from_millis(rand::random_range(0..60_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_state_reads_its_headers() {
+        let mut headers = FieldTable::default();
+        put(&mut headers, header::ATTEMPTS, AMQPValue::LongLongInt(3));
+        put(&mut headers, header::FIRST_FAILED_AT, text("2026-11-25T01:02:03.004Z"));
+        let state = RetryState::of(Some(&headers));
+        assert_eq!(state.attempts, 3);
+        assert_eq!(state.first_failed_at.unwrap().to_rfc3339_opts(SecondsFormat::Millis, true), "2026-11-25T01:02:03.004Z");
+        assert_eq!(RetryState::of(None), RetryState::default());
+    }
+}

@@ -1,0 +1,424 @@
+//! `els-bridge worker` against a real RabbitMQ (a vhost per test) and the real simulator:
+//! assertions read the simulator's records and call log and the queues, never logs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::broker::{QueueCounts, unique_vhost};
+use common::records::{event, row};
+use common::simulator::{TestSimulator, eventually};
+use common::worker::{Amqp, WorkerProcess, worker_toml};
+use els_bridge::config::RetrySettings;
+use els_bridge::simulator::api::{CallFilter, RecordFilter};
+use els_bridge::spec::Infno;
+use serde_json::{Value, json};
+
+/// (institution, infno, key) → quantity the platform must end up with.
+type Expected = BTreeMap<(String, Infno, String), String>;
+
+fn test_retry() -> RetrySettings {
+    RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
+}
+
+/// `per_lane` events for every institution and transaction, version 1.
+fn first_wave(codes: &[&str], per_lane: usize) -> (Vec<Value>, Expected) {
+    let mut events = Vec::new();
+    let mut expected = Expected::new();
+    for code in codes {
+        for infno in Infno::UPLOADS {
+            for i in 0..per_lane {
+                let key = format!("{code}-{infno}-{i:05}");
+                let quantity = format!("{}", i % 97 + 1);
+                events.push(event(infno, code, Some(1), row(infno, &key, &quantity)));
+                expected.insert((code.to_string(), infno, key), quantity);
+            }
+        }
+    }
+    (events, expected)
+}
+
+/// Waits until the simulator holds exactly `expected` (every key with its quantity).
+async fn wait_until_stored(sim: &TestSimulator, expected: &Expected, timeout: Duration) {
+    let quantity_field = |infno: Infno| match infno {
+        Infno::Els7002 | Infno::Els7004 => "stoin_cnt",
+        Infno::Els7003 | Infno::Els7005 => "stoout_cnt",
+        _ => "retn_cnt",
+    };
+    let mut last = String::new();
+    let outcome = tokio::time::timeout(timeout, async {
+        loop {
+            let page = sim.records(&RecordFilter::default()).await;
+            let held: Expected = page
+                .records
+                .iter()
+                .map(|r| {
+                    let qty = r.row[quantity_field(r.infno)].as_str().unwrap_or_default().to_owned();
+                    ((r.institution.clone(), r.infno, r.key.clone()), qty)
+                })
+                .collect();
+            if &held == expected {
+                return;
+            }
+            let missing = expected.iter().filter(|(k, v)| held.get(*k) != Some(*v)).count();
+            last = format!("{} stored, {missing} of {} expected missing or different", held.len(), expected.len());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the simulator did not reach the expected records within {timeout:?}: {last}");
+}
+
+/// Takes dead letters until `count` have been read (or panics after `timeout`).
+async fn take_dead_letters(amqp: &Amqp, count: usize, timeout: Duration) -> Vec<common::worker::Message> {
+    let mut taken = Vec::new();
+    let outcome = tokio::time::timeout(timeout, async {
+        while taken.len() < count {
+            taken.extend(amqp.take_all("els.dead").await);
+            if taken.len() < count {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "expected {count} dead letters, found {}", taken.len());
+    taken
+}
+
+/// Every call carried at most 100 rows and no msgid was used twice.
+async fn assert_calls_are_well_formed(sim: &TestSimulator) {
+    let calls = sim.calls(&CallFilter::default()).await;
+    assert_eq!(calls.dropped, 0);
+    assert!(calls.calls.iter().all(|c| c.rows <= 100), "a call had more than 100 rows");
+    let msgids: Vec<&String> = calls.calls.iter().filter_map(|c| c.msgid.as_ref()).collect();
+    let distinct: BTreeSet<&&String> = msgids.iter().collect();
+    assert_eq!(distinct.len(), msgids.len(), "a msgid was used twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_upload_the_latest_version_of_every_record_and_dead_letter_only_invalid_events() {
+    let sim = TestSimulator::builder().institutions(2).start();
+    let vhost = unique_vhost("fleet");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let codes = [sim.institution(0).code.as_str(), sim.institution(1).code.as_str()];
+
+    let (events, mut expected) = first_wave(&codes, 200);
+    amqp.publish(&events).await;
+
+    // About 1 % invalid events of every kind, each with a message id to recognise it.
+    let mut bad_decimal = row(Infno::Els7002, "BAD-1", "1");
+    bad_decimal.insert("purc_pric".into(), json!("-3"));
+    let mut foreign_field = row(Infno::Els7005, "BAD-2", "1");
+    foreign_field.insert("drug_code".into(), json!("X"));
+    let mut too_long = row(Infno::Els7006, "BAD-3", "1");
+    too_long.insert("drug_code".into(), json!("x".repeat(24)));
+    let invalid: Vec<(String, Vec<u8>)> = (0..6)
+        .flat_map(|i| {
+            [
+                event(Infno::Els7002, codes[0], None, bad_decimal.clone()).to_string().into_bytes(),
+                event(Infno::Els7005, codes[1], None, foreign_field.clone()).to_string().into_bytes(),
+                event(Infno::Els7006, codes[0], None, too_long.clone()).to_string().into_bytes(),
+                event(Infno::Els7003, "H99999999999", None, row(Infno::Els7003, "BAD-4", "1")).to_string().into_bytes(),
+                b"{not json".to_vec(),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(move |(j, body)| (format!("invalid-{i}-{j}"), body))
+        })
+        .collect();
+    for (id, body) in &invalid {
+        amqp.publish_raw("ELS7002.x", body, id).await;
+    }
+
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 300));
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| WorkerProcess::start(&config, &format!("worker-{i}"))).collect();
+    wait_until_stored(&sim, &expected, Duration::from_secs(180)).await;
+
+    // Corrections: same key, higher version, published later.
+    let mut corrections = Vec::new();
+    for (i, ((code, infno, key), quantity)) in expected.iter_mut().enumerate() {
+        if i % 10 == 0 {
+            *quantity = format!("{}.5", quantity);
+            corrections.push(event(*infno, code, Some(2), row(*infno, key, quantity)));
+        }
+    }
+    amqp.publish(&corrections).await;
+    wait_until_stored(&sim, &expected, Duration::from_secs(120)).await;
+
+    let dead = take_dead_letters(&amqp, invalid.len(), Duration::from_secs(60)).await;
+    let dead_ids: BTreeSet<String> = dead.iter().filter_map(|m| m.properties.message_id().as_ref().map(|s| s.to_string())).collect();
+    let invalid_ids: BTreeSet<String> = invalid.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(dead_ids, invalid_ids, "exactly the invalid events are dead-lettered");
+    for message in &dead {
+        assert_eq!(message.headers.get("x-els-reason").map(String::as_str), Some("invalid"));
+        assert!(message.headers.get("x-els-error").is_some_and(|e| !e.is_empty()));
+        assert_eq!(message.headers.get("x-els-attempts").map(String::as_str), Some("0"));
+        assert!(message.headers.contains_key("x-els-first-failed-at") && message.headers.contains_key("x-els-last-failed-at"));
+    }
+    let foreign = dead.iter().find(|m| m.properties.message_id().as_ref().is_some_and(|id| id.as_str() == "invalid-0-1")).unwrap();
+    assert!(foreign.headers["x-els-error"].contains("data.drug_code: is a field of drug rows"), "{:?}", foreign.headers);
+
+    assert_calls_are_well_formed(&sim).await;
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30));
+    for worker in &mut workers {
+        let logs = worker.logs();
+        assert!(worker.terminate(Duration::from_secs(30)).success(), "{logs}");
+    }
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_dead_lettered_as_rejected_and_everything_else_is_stored() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("refused");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    let (events, mut expected) = first_wave(&[&code], 350);
+    let refused: Vec<(String, Infno, String)> = expected.keys().step_by(400).take(5).cloned().collect();
+    assert_eq!(refused.len(), 5);
+    let refused_keys: Vec<&str> = refused.iter().map(|(_, _, k)| k.as_str()).collect();
+    sim.refuse_keys(&refused_keys, 13).await;
+    for key in &refused {
+        expected.remove(key);
+    }
+    amqp.publish(&events).await;
+
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 300));
+    let mut worker = WorkerProcess::start(&config, "worker");
+    wait_until_stored(&sim, &expected, Duration::from_secs(180)).await;
+    let dead = take_dead_letters(&amqp, 5, Duration::from_secs(60)).await;
+    let dead_keys: BTreeSet<String> = dead
+        .iter()
+        .map(|m| m.body["data"][Infno::Els7002.key_field()].as_str().or(m.body["data"]["hosp_retn_mgt_detl"].as_str()).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(dead_keys, refused_keys.iter().map(|k| k.to_string()).collect());
+    for message in &dead {
+        assert_eq!(message.headers["x-els-reason"], "rejected");
+        assert_eq!(message.headers["x-els-return-code"], "13");
+        assert!(message.headers["x-els-error"].contains("returnCode 13"), "{:?}", message.headers);
+        assert_eq!(message.body["fixmedins_code"], code, "the body is the original event");
+    }
+    assert_calls_are_well_formed(&sim).await;
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30));
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_open_batches_and_settles_before_exiting() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("sigterm");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    // 30 events per lane: no lane ever fills a call, so only the linger (60 s) or the drain
+    // at shutdown sends them.
+    let (events, expected) = first_wave(&[&code], 30);
+    amqp.publish(&events).await;
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 60_000));
+    let mut worker = WorkerProcess::start(&config, "worker");
+    // Wait until the worker holds every event unacked (all delivered, in open batches).
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, events.len() as u64), Duration::from_secs(60));
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, 0, "nothing is sent before the linger");
+
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}: {}", worker.logs());
+    // Drained: everything was uploaded and acked before the process ended.
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, expected.len());
+    wait_until_stored(&sim, &expected, Duration::from_secs(5)).await;
+    let counts = vhost.queue_counts("els.events");
+    if counts != Some(QueueCounts::new(0, 0)) {
+        // Quorum counts trail by a few seconds: wait, and show the worker's log if it fails.
+        let logs = worker.logs();
+        let waited = std::panic::catch_unwind(|| vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30)));
+        assert!(waited.is_ok(), "messages left in the work queue after a clean drain; worker log:\n{logs}");
+    }
+    let calls = sim.calls(&CallFilter { infno: Some("ELS7002".into()), ..Default::default() }).await;
+    assert_eq!(calls.calls.len(), 1, "one call per lane: the open batch was flushed whole");
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_later_uses_the_existing_token() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("token-reuse");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+
+    let (first, mut expected) = first_wave(&[&code], 5);
+    amqp.publish(&first).await;
+    let mut worker = WorkerProcess::start(&config, "first");
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    let fetched = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls.len();
+    assert_eq!(fetched, 1);
+
+    // Every replica gone; a new one starts and uploads with the token the fleet holds.
+    let mut later = WorkerProcess::start(&config, "later");
+    let second: Vec<Value> = (0..12)
+        .map(|i| {
+            let infno = Infno::UPLOADS[i % 6];
+            let key = format!("LATER-{i}");
+            expected.insert((code.clone(), infno, key.clone()), "3".into());
+            event(infno, &code, None, row(infno, &key, "3"))
+        })
+        .collect();
+    amqp.publish(&second).await;
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    let token_calls = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls;
+    assert_eq!(token_calls.len(), 1, "no new token was fetched: {token_calls:?}");
+    assert_eq!(sim.tokens().await.institutions[0].issued, 1);
+    assert!(later.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// A free loopback port for a worker's health endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `/readyz` of the worker on `port`: status and body, or 0 while it does not listen yet.
+async fn readyz(port: u16) -> (u16, Value) {
+    match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_uses_the_fleets_token_when_amqp_is_configured() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("send-fleet-token");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let (events, expected) = first_wave(&[&code], 2);
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "worker");
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+
+    let file = config.with_file_name("backfill.jsonl");
+    std::fs::write(&file, common::records::jsonl(&[row(Infno::Els7004, "BACKFILL-1", "4")])).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["send", "--infno", "ELS7004", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token_calls = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls;
+    assert_eq!(token_calls.len(), 1, "send used the worker's token");
+    assert_eq!(sim.records(&RecordFilter { key: Some("BACKFILL-1".into()), ..Default::default() }).await.total, 1);
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_past_the_retry_budget_are_dead_lettered_as_exhausted() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("exhausted");
+    let amqp = Amqp::connect(vhost.url()).await;
+    let retry = RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 400, max_elapsed_secs: 3 };
+    amqp.declare(&retry).await;
+    let code = sim.institution(0).code.clone();
+    let toml = worker_toml(vhost.url(), 100).replace("max_backoff_ms = 1000\nmax_elapsed_secs = 600", "max_backoff_ms = 400\nmax_elapsed_secs = 3");
+    let config = sim.write_client_config("worker.toml", &toml);
+    sim.start_outage(3600).await;
+    let (events, _) = first_wave(&[&code], 2);
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "worker");
+
+    let dead = take_dead_letters(&amqp, events.len(), Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), events.len());
+    for message in &dead {
+        assert_eq!(message.headers["x-els-reason"], "exhausted");
+        let attempts: u32 = message.headers["x-els-attempts"].parse().unwrap();
+        assert!(attempts >= 3, "retried with backoff before giving up: {attempts} attempts");
+        assert!(message.headers["x-els-error"].contains("HTTP 503"), "{:?}", message.headers);
+        assert!(message.headers["x-els-first-failed-at"] < message.headers["x-els-last-failed-at"]);
+        assert_eq!(message.properties.delivery_mode(), &Some(2), "properties are kept");
+    }
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, 0);
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
+    let sim = TestSimulator::builder().institutions(2).start();
+    let vhost = unique_vhost("held");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let (good, bad) = (sim.institution(0).clone(), sim.institution(1).clone());
+    let port = free_port();
+    let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let config = sim.write_client_config("worker.toml", &toml);
+    let right = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, right.replace(&format!("auth_code = {:?}", bad.auth_code), "auth_code = \"wrong\"")).unwrap();
+
+    let (events, expected) = first_wave(&[&good.code, &bad.code], 10);
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "worker");
+    let good_only: Expected = expected.iter().filter(|((c, _, _), _)| *c == good.code).map(|(k, v)| (k.clone(), v.clone())).collect();
+    wait_until_stored(&sim, &good_only, Duration::from_secs(60)).await;
+    let (status, body) = eventually("the worker to report the held institution", Duration::from_secs(30), async || {
+        let (status, body) = readyz(port).await;
+        body["held_institutions"].get(&bad.code).is_some().then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["held_institutions"][&bad.code].as_str().is_some_and(|r| r.contains("app_code or auth_code")), "{body}");
+    assert!(body["held_institutions"].get(&good.code).is_none());
+    assert_eq!(amqp.take_all("els.dead").await.len(), 0, "held records are not dead-lettered");
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+
+    // The operator fixes the credentials: the held records reach the platform.
+    std::fs::write(&config, right).unwrap();
+    let mut fixed = WorkerProcess::start(&config, "fixed");
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    assert_eq!(amqp.take_all("els.dead").await.len(), 0);
+    assert!(fixed.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
+    let sim = TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start();
+    let vhost = unique_vhost("daily-limit");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare(&test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    let port = free_port();
+    let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let config = sim.write_client_config("worker.toml", &toml);
+    let (events, _) = first_wave(&[&code], 3);
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "worker");
+
+    // One token call and three uploads fit in the limit; the rest waits for midnight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = readyz(port).await;
+        if body["held_institutions"][&code].as_str().is_some_and(|r| r.contains("daily call limit")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the institution was not held: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = sim.calls(&CallFilter::default()).await.calls;
+    assert!(calls.iter().any(|c| c.return_code == Some(11)));
+    let accepted_rows: usize = calls.iter().filter(|c| c.infno.as_deref() != Some("ELS7001") && c.return_code == Some(1)).map(|c| c.rows).sum();
+    let stored = sim.records(&RecordFilter::default()).await.total;
+    assert_eq!(stored, accepted_rows);
+    assert!(stored < events.len());
+    vhost.wait_for_counts("els.delay.long", QueueCounts::new((events.len() - stored) as u64, 0), Duration::from_secs(30));
+    assert_eq!(amqp.take_all("els.dead").await.len(), 0);
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
