@@ -1,6 +1,7 @@
 //! RabbitMQ: connecting (with rustls and an optional private CA), the topology the worker
 //! declares, confirmed publishing, and the fleet-wide token store and msgid slots.
 
+pub mod log;
 pub mod msgid_slot;
 pub mod publisher;
 pub mod token_store;

@@ -16,34 +16,27 @@
 //!
 //! # The token log
 //!
-//! Every change is one JSON message on the stream, published with a publisher confirm:
+//! The stream is a [replicated log](super::log): every change is one entry,
+//! `{"id": nonce, "change": C}`, published with a publisher confirm, where `C` is
 //!
-//! * a new token: `{"institution": code, "token": value, "expires_at": RFC 3339, "id": nonce}`;
-//! * a discard: `{"institution": code, "discarded": value, "id": nonce}`: forget the token
-//!   if it is still the current one (the platform declared it invalid);
-//! * a marker: `{"sync": nonce}` (see below).
+//! * a new token: `{"institution": code, "token": value, "expires_at": RFC 3339}`;
+//! * a discard: `{"institution": code, "discarded": value}`: forget the token if it is
+//!   still the current one (the platform declared it invalid).
 //!
-//! Each store consumes the stream from *now − 2 days* (`x-stream-offset` as a timestamp;
-//! prefetch 100, acknowledged in batches of 50, which for a stream only gives credit) and
-//! applies the messages in log order to an in-memory map institution → current token: a
-//! token replaces whatever came before it, a discard removes the token only if it is the one
-//! named. The stream gives every replica the same order, so all maps agree, and one consumer
-//! gives both the last value at start-up (the history is replayed) and the instant broadcast
-//! of a new token to every running replica. Replaying is cheap: measured here, 50 000
-//! messages of history (far more than two days of refreshes and markers) took 1 s.
+//! Each store replays the stream from *now − 2 days* and folds it, in log order, into a map
+//! institution → current token: a token replaces whatever came before it, a discard
+//! removes the token only if it is the one named. The stream gives every replica the same
+//! order, so all maps agree, and one consumer gives both the last value at start-up (the
+//! history is replayed) and the instant broadcast of a new token to every running replica.
+//! Replaying is cheap: measured here, 50 000 entries of history (far more than two days of
+//! refreshes) took 1 s.
 //!
-//! **Read your writes.** [`TokenStore::replace`] and [`TokenStore::discard`] return only
-//! when the store's own consumer has applied their message (found by its `id`), rather than
-//! patching the map locally: a local patch could be overwritten for a moment by an older
-//! message still in flight, and waiting puts the change in its place in the log.
-//!
-//! **Sync.** To know that the map holds everything published so far, a store publishes a
-//! marker with a random nonce and waits until its consumer has seen it: the stream is one
-//! ordered log, so every message confirmed before the marker has been applied by then.
-//! [`start`] syncs before returning (a replica started later answers [`TokenStore::current`]
-//! with the existing token at once), and [`TokenStore::lock_refresh`] syncs after acquiring
-//! the lock, so the holder sees the token that the previous holder published before it let
-//! go, and [`Tokens`](crate::platform::Tokens) does not fetch again. `current()` answers
+//! [`TokenStore::replace`] and [`TokenStore::discard`] return only when the store's own
+//! consumer has applied their entry (read your writes), and [`TokenStore::lock_refresh`]
+//! syncs the log after acquiring the lock, so the holder sees the token that the previous
+//! holder published before it let go, and [`Tokens`](crate::platform::Tokens) does not
+//! fetch again. [`start`] returns with the history applied (a replica started later
+//! answers [`TokenStore::current`] with the existing token at once). `current()` answers
 //! from the map without a round trip; between syncs it lags the log by the delivery time
 //! (milliseconds), which the refresh rule tolerates because it re-reads under the lock.
 //!
@@ -107,40 +100,31 @@
 //! never logged and never part of an error.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use super::BrokerError;
+use super::log::{Fold, LogError, LogSettings, StreamLog, nonce};
+use super::{BrokerError, Publisher};
 use crate::platform::token::{RefreshLock, StoreError, Token, TokenStore};
 
 /// How far back a starting store replays the log; also the stream's `x-max-age`.
 pub const HISTORY: Duration = Duration::from_secs(2 * 24 * 3600);
 /// `x-max-age` of the stream, the same as [`HISTORY`].
 const MAX_AGE: &str = "2D";
-/// Segment size of the stream: retention drops whole segments, so keep them small.
-const SEGMENT_BYTES: i64 = 1_000_000;
-/// Unacknowledged stream messages a store's consumer may hold.
-const STREAM_PREFETCH: u16 = 100;
 /// Unacknowledged lock messages per lock consumer (surplus probes are acknowledged).
 const LOCK_PREFETCH: u16 = 100;
 /// A lock queue without consumers is deleted by the broker after this long.
 const LOCK_QUEUE_EXPIRES_MS: i64 = 3_600_000;
-/// How long a publish may take to come back through the store's own consumer.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a released lock waits for deliveries that were in flight when it left.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,265 +142,83 @@ pub fn lock_queue_name(prefix: &str, institution: &str) -> String {
 /// module documentation. Made by [`start`].
 pub struct AmqpTokenStore {
     prefix: String,
-    stream: String,
-    /// Confirm-mode channel for the stream and the lock probes.
-    publisher: Channel,
+    log: StreamLog<CurrentTokens>,
+    /// Confirm-mode channel for the lock probes.
+    publisher: Publisher,
     /// The channel of the lock consumers.
     lock_channel: Channel,
-    state: Arc<Mutex<State>>,
     local_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    reader: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for AmqpTokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpTokenStore").field("stream", &self.stream).finish_non_exhaustive()
+        f.debug_struct("AmqpTokenStore").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
-/// What the stream consumer has built so far.
+/// Institution → current token, folded from the log.
 #[derive(Default)]
-struct State {
-    /// Institution → current token, in log order.
-    tokens: HashMap<String, Token>,
-    /// Messages this store published and waits to see applied, by id.
-    awaited: HashMap<String, oneshot::Sender<()>>,
-    /// Why the consumer ended; the store is unusable from then on.
-    ended: Option<String>,
-}
+struct CurrentTokens(HashMap<String, Token>);
 
-/// One message of the log. No `Debug`: it holds token values.
+/// One change of the log. No `Debug`: it holds token values.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum Change {
-    Token {
-        institution: String,
-        token: String,
-        expires_at: DateTime<Utc>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-    },
-    Discard {
-        institution: String,
-        discarded: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-    },
-    Sync {
-        sync: String,
-    },
+    Token { institution: String, token: String, expires_at: DateTime<Utc> },
+    Discard { institution: String, discarded: String },
 }
 
-/// Why waiting for the log failed (before it becomes a [`StoreError`] or [`BrokerError`]).
-enum Failure {
-    Broker(BrokerError),
-    Ended(String),
-    TimedOut,
-}
+impl Fold for CurrentTokens {
+    type Change = Change;
 
-impl Failure {
-    fn describe(&self, stream: &str) -> String {
-        match self {
-            Failure::Broker(e) => e.to_string(),
-            Failure::Ended(why) => format!("the token stream {stream} is no longer consumed ({why}); the connection must be reopened"),
-            Failure::TimedOut => {
-                format!("a message published to the token stream {stream} did not come back within {}s", SYNC_TIMEOUT.as_secs())
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Token { institution, token, expires_at } => {
+                self.0.insert(institution, Token { value: token, expires_at });
+            }
+            Change::Discard { institution, discarded } => {
+                if self.0.get(&institution).is_some_and(|current| current.value == discarded) {
+                    self.0.remove(&institution);
+                }
             }
         }
     }
 }
 
-impl From<BrokerError> for Failure {
-    fn from(error: BrokerError) -> Self {
-        Failure::Broker(error)
-    }
+fn store_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError(error.to_string())
 }
 
-impl From<lapin::Error> for Failure {
-    fn from(error: lapin::Error) -> Self {
-        Failure::Broker(error.into())
-    }
-}
-
-/// Starts a store on `connection`: declares the stream `<prefix>.tokens`, starts consuming
-/// it from two days back, and returns once that history is applied (so [`TokenStore::current`]
-/// answers with the existing tokens at once). The store uses three channels of the
-/// connection and lives as long as the returned value (and its connection).
+/// Starts a store on `connection`: declares the stream `<prefix>.tokens`, replays it from
+/// two days back, and returns once that history is applied (so [`TokenStore::current`]
+/// answers with the existing tokens at once). The store lives as long as the returned
+/// value (and its connection).
 pub async fn start(connection: &Connection, prefix: &str) -> Result<Arc<AmqpTokenStore>, BrokerError> {
-    let stream = stream_name(prefix);
-    let reader_channel = connection.create_channel().await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-    arguments.insert("x-max-age".into(), AMQPValue::LongString(MAX_AGE.into()));
-    arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    reader_channel.queue_declare(stream.as_str().into(), durable, arguments).await?;
-    reader_channel.basic_qos(STREAM_PREFETCH, BasicQosOptions::default()).await?;
-
     let from = Utc::now() - chrono::Duration::from_std(HISTORY).unwrap_or_else(|_| chrono::Duration::days(2));
-    let mut offset = FieldTable::default();
-    offset.insert("x-stream-offset".into(), AMQPValue::Timestamp(from.timestamp().max(0) as u64));
-    let tag = format!("els-bridge-tokens-{}", nonce());
-    let consumer =
-        reader_channel.basic_consume(stream.as_str().into(), tag.into(), BasicConsumeOptions::default(), offset).await?;
-    let state = Arc::new(Mutex::new(State::default()));
-    let reader = tokio::spawn(read_log(reader_channel, consumer, Arc::clone(&state)));
-
-    let publisher = connection.create_channel().await?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let settings = LogSettings { name: stream_name(prefix), max_age: MAX_AGE.into(), replay_from: from };
+    let log = StreamLog::open(connection, &settings, CurrentTokens::default()).await.map_err(|error| match error {
+        LogError::Broker(error) => error,
+        other => BrokerError::Setup(other.to_string()),
+    })?;
+    let publisher = Publisher::open(connection).await?;
     let lock_channel = connection.create_channel().await?;
     lock_channel.basic_qos(LOCK_PREFETCH, BasicQosOptions::default()).await?;
-
-    let store = Arc::new(AmqpTokenStore {
-        prefix: prefix.to_owned(),
-        stream,
-        publisher,
-        lock_channel,
-        state,
-        local_locks: Mutex::new(HashMap::new()),
-        reader,
-    });
-    if let Err(failure) = store.sync().await {
-        return Err(match failure {
-            Failure::Broker(error) => error,
-            other => BrokerError::Amqp(std::io::Error::other(other.describe(&store.stream)).into()),
-        });
-    }
-    tracing::debug!(stream = %store.stream, institutions = store.lock_state().tokens.len(), "token store ready");
-    Ok(store)
-}
-
-/// Applies the log to `state` until the consumer ends, then marks the store as ended.
-async fn read_log(_channel: Channel, mut consumer: Consumer, state: Arc<Mutex<State>>) {
-    let mut unacked = 0;
-    let why = loop {
-        match consumer.next().await {
-            Some(Ok(delivery)) => {
-                match serde_json::from_slice::<Change>(&delivery.data) {
-                    Ok(change) => apply(&mut lock(&state), change),
-                    // The message itself is not shown: it may hold a token.
-                    Err(_) => tracing::warn!(bytes = delivery.data.len(), "ignoring an unreadable message in the token stream"),
-                }
-                // Acknowledging only gives the stream credit: batch it, well within the prefetch.
-                unacked += 1;
-                if unacked >= STREAM_PREFETCH / 2 {
-                    unacked = 0;
-                    if let Err(error) = delivery.ack(BasicAckOptions { multiple: true }).await {
-                        break format!("acknowledging failed: {error}");
-                    }
-                }
-            }
-            Some(Err(error)) => break error.to_string(),
-            None => break "the broker cancelled the consumer".to_owned(),
-        }
-    };
-    tracing::warn!(reason = %why, "the token store stopped reading the token stream");
-    let mut state = lock(&state);
-    state.ended = Some(why);
-    // Dropping the senders wakes every waiter with an error.
-    state.awaited.clear();
-}
-
-fn apply(state: &mut State, change: Change) {
-    let id = match change {
-        Change::Token { institution, token, expires_at, id } => {
-            state.tokens.insert(institution, Token { value: token, expires_at });
-            id
-        }
-        Change::Discard { institution, discarded, id } => {
-            if state.tokens.get(&institution).is_some_and(|current| current.value == discarded) {
-                state.tokens.remove(&institution);
-            }
-            id
-        }
-        Change::Sync { sync } => Some(sync),
-    };
-    if let Some(sender) = id.and_then(|id| state.awaited.remove(&id)) {
-        let _ = sender.send(());
-    }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// 128 random bits in hex.
-fn nonce() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let store = AmqpTokenStore { prefix: prefix.to_owned(), log, publisher, lock_channel, local_locks: Mutex::new(HashMap::new()) };
+    tracing::debug!(stream = %settings.name, institutions = store.log.read(|t| t.0.len()).unwrap_or(0), "token store ready");
+    Ok(Arc::new(store))
 }
 
 impl AmqpTokenStore {
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    /// `Ok` while the store works: its stream consumer runs and its channels are open.
-    /// Once it fails it stays failed (the owner reconnects and starts a new store), so a
-    /// worker may use this for its readiness.
+    /// `Ok` while the store works: its stream is read and its channels are open. Once it
+    /// fails it stays failed (the owner reconnects and starts a new store), so a worker may
+    /// use this for its readiness.
     pub fn check(&self) -> Result<(), StoreError> {
-        if let Some(why) = &self.lock_state().ended {
-            return Err(StoreError(Failure::Ended(why.clone()).describe(&self.stream)));
-        }
-        if !self.publisher.status().connected() || !self.lock_channel.status().connected() {
+        self.log.check().map_err(store_error)?;
+        if !self.lock_channel.status().connected() {
             return Err(StoreError(format!(
                 "a channel of the token store ({}) was closed; the connection must be reopened",
-                self.stream
+                stream_name(&self.prefix)
             )));
-        }
-        Ok(())
-    }
-
-    fn store_error(&self, failure: Failure) -> StoreError {
-        StoreError(failure.describe(&self.stream))
-    }
-
-    /// Returns once every message published to the log before this call is applied.
-    async fn sync(&self) -> Result<(), Failure> {
-        let id = nonce();
-        let body = serde_json::to_vec(&Change::Sync { sync: id.clone() }).expect("a marker is JSON");
-        self.publish_and_wait(id, &body).await
-    }
-
-    /// Publishes `body` (whose id is `id`) to the log and waits until it is applied here.
-    async fn publish_and_wait(&self, id: String, body: &[u8]) -> Result<(), Failure> {
-        let seen = {
-            let mut state = self.lock_state();
-            if let Some(why) = &state.ended {
-                return Err(Failure::Ended(why.clone()));
-            }
-            let (sender, receiver) = oneshot::channel();
-            state.awaited.insert(id.clone(), sender);
-            receiver
-        };
-        let outcome = async {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_message_id(id.as_str().into());
-            self.publish(&self.stream, body, properties).await?;
-            match tokio::time::timeout(SYNC_TIMEOUT, seen).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Failure::Ended(self.lock_state().ended.clone().unwrap_or_else(|| "unknown".into()))),
-                Err(_) => Err(Failure::TimedOut),
-            }
-        }
-        .await;
-        if outcome.is_err() {
-            self.lock_state().awaited.remove(&id);
-        }
-        outcome
-    }
-
-    /// Publishes to the default exchange with `routing_key` and waits for the confirm.
-    async fn publish(&self, routing_key: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirmation = self
-            .publisher
-            .basic_publish(ShortString::from(""), routing_key.into(), options, body, properties)
-            .await?
-            .await?;
-        if !confirmation.is_ack() || confirmation.take_message().is_some() {
-            return Err(BrokerError::Nacked);
         }
         Ok(())
     }
@@ -427,34 +229,29 @@ impl AmqpTokenStore {
     }
 
     /// Takes the baton of the institution's lock queue; see the module documentation.
-    async fn acquire(&self, institution: &str) -> Result<oneshot::Sender<()>, Failure> {
+    async fn acquire(&self, institution: &str) -> Result<oneshot::Sender<()>, StoreError> {
         let queue = lock_queue_name(&self.prefix, institution);
         let mut arguments = FieldTable::default();
         arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(LOCK_QUEUE_EXPIRES_MS));
-        self.lock_channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments).await?;
+        self.lock_channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments).await.map_err(store_error)?;
         let tag = format!("els-bridge-lock-{}", nonce());
         let consumer = self
             .lock_channel
             .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+            .await
+            .map_err(store_error)?;
         let (acquired, on_acquired) = oneshot::channel();
         let (release, on_release) = oneshot::channel();
         tokio::spawn(hold(self.lock_channel.clone(), consumer, acquired, on_release));
         // From here on, returning early drops `release`, which makes `hold` leave cleanly.
         let probe = BasicProperties::default().with_delivery_mode(1);
-        self.publish(&queue, b"", probe).await?;
+        self.publisher.publish("", &queue, b"", probe).await.map_err(store_error)?;
         match on_acquired.await {
             Ok(()) => Ok(release),
-            Err(_) => Err(Failure::Ended(format!("the consumer of the lock queue {queue} ended (connection or channel lost)"))),
+            Err(_) => Err(StoreError(format!("the consumer of the lock queue {queue} ended (connection or channel lost)"))),
         }
-    }
-}
-
-impl Drop for AmqpTokenStore {
-    fn drop(&mut self) {
-        self.reader.abort();
     }
 }
 
@@ -511,38 +308,29 @@ impl RefreshLock for AmqpRefreshLock {}
 impl TokenStore for AmqpTokenStore {
     async fn current(&self, institution: &str) -> Result<Option<Token>, StoreError> {
         self.check()?;
-        let state = self.lock_state();
-        Ok(state.tokens.get(institution).filter(|token| token.expires_at > Utc::now()).cloned())
+        self.log
+            .read(|tokens| tokens.0.get(institution).filter(|token| token.expires_at > Utc::now()).cloned())
+            .map_err(store_error)
     }
 
     async fn replace(&self, institution: &str, token: &Token) -> Result<(), StoreError> {
-        let id = nonce();
-        let change = Change::Token {
-            institution: institution.to_owned(),
-            token: token.value.clone(),
-            expires_at: token.expires_at,
-            id: Some(id.clone()),
-        };
-        let body = serde_json::to_vec(&change).expect("a token change is JSON");
-        self.publish_and_wait(id, &body).await.map_err(|failure| self.store_error(failure))
+        let change = Change::Token { institution: institution.to_owned(), token: token.value.clone(), expires_at: token.expires_at };
+        self.log.append(change).await.map_err(store_error)
     }
 
     async fn discard(&self, institution: &str, token: &Token) -> Result<(), StoreError> {
-        let id = nonce();
-        let change =
-            Change::Discard { institution: institution.to_owned(), discarded: token.value.clone(), id: Some(id.clone()) };
-        let body = serde_json::to_vec(&change).expect("a discard is JSON");
-        self.publish_and_wait(id, &body).await.map_err(|failure| self.store_error(failure))
+        let change = Change::Discard { institution: institution.to_owned(), discarded: token.value.clone() };
+        self.log.append(change).await.map_err(store_error)
     }
 
     async fn lock_refresh(&self, institution: &str) -> Result<Box<dyn RefreshLock>, StoreError> {
         let local = self.local_lock(institution).lock_owned().await;
         self.check()?;
-        let release = self.acquire(institution).await.map_err(|failure| self.store_error(failure))?;
+        let release = self.acquire(institution).await?;
         let guard = AmqpRefreshLock { _release: release, _local: local };
         tracing::debug!(%institution, "holding the token refresh lock");
         // Everything published before this point (the previous holder's token) is applied.
-        self.sync().await.map_err(|failure| self.store_error(failure))?;
+        self.log.sync().await.map_err(store_error)?;
         Ok(Box::new(guard))
     }
 }
@@ -551,46 +339,32 @@ impl TokenStore for AmqpTokenStore {
 mod tests {
     use super::*;
 
-    fn state_after(changes: &[&str]) -> State {
-        let mut state = State::default();
+    fn state_after(changes: &[&str]) -> CurrentTokens {
+        let mut tokens = CurrentTokens::default();
         for change in changes {
-            apply(&mut state, serde_json::from_str(change).unwrap());
+            tokens.apply(serde_json::from_str(change).unwrap());
         }
-        state
+        tokens
     }
 
     #[test]
     fn later_tokens_win_and_only_the_current_one_is_discarded() {
         let t1 = r#"{"institution":"H1","token":"one","expires_at":"2030-01-01T00:00:00Z"}"#;
-        let t2 = r#"{"institution":"H1","token":"two","expires_at":"2030-01-01T00:30:00Z","id":"x"}"#;
+        let t2 = r#"{"institution":"H1","token":"two","expires_at":"2030-01-01T00:30:00Z"}"#;
         let other = r#"{"institution":"H2","token":"three","expires_at":"2030-01-01T00:00:00Z"}"#;
         let discard1 = r#"{"institution":"H1","discarded":"one"}"#;
-        let discard2 = r#"{"institution":"H1","discarded":"two","id":"y"}"#;
+        let discard2 = r#"{"institution":"H1","discarded":"two"}"#;
         let state = state_after(&[t1, other, t2, discard1]);
-        assert_eq!(state.tokens["H1"].value, "two");
-        assert_eq!(state.tokens["H2"].value, "three");
+        assert_eq!(state.0["H1"].value, "two");
+        assert_eq!(state.0["H2"].value, "three");
         let state = state_after(&[t1, t2, discard2]);
-        assert!(!state.tokens.contains_key("H1"));
-        let state = state_after(&[t1, r#"{"sync":"abc"}"#]);
-        assert_eq!(state.tokens["H1"].value, "one");
-    }
-
-    #[test]
-    fn applying_wakes_the_publisher_waiting_for_its_id() {
-        let mut state = State::default();
-        let (sender, mut receiver) = oneshot::channel();
-        state.awaited.insert("n1".into(), sender);
-        apply(&mut state, serde_json::from_str(r#"{"sync":"n0"}"#).unwrap());
-        assert!(receiver.try_recv().is_err());
-        apply(&mut state, serde_json::from_str(r#"{"institution":"H1","discarded":"x","id":"n1"}"#).unwrap());
-        assert!(receiver.try_recv().is_ok());
-        assert!(state.awaited.is_empty());
+        assert!(!state.0.contains_key("H1"));
     }
 
     #[test]
     fn messages_have_the_documented_shape() {
         let expires_at = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let change = Change::Token { institution: "H1".into(), token: "v".into(), expires_at, id: None };
+        let change = Change::Token { institution: "H1".into(), token: "v".into(), expires_at };
         assert_eq!(
             serde_json::to_value(&change).unwrap(),
             serde_json::json!({"institution": "H1", "token": "v", "expires_at": "2030-01-01T00:00:00Z"})

@@ -1,0 +1,274 @@
+//! A replicated log on a RabbitMQ stream: every process tails the stream and folds its
+//! entries, in the one order the stream gives them, into state of its own — so all
+//! processes agree, and a process started later rebuilds the state by replaying the log.
+//! The token store and the receipts ledger are such logs.
+//!
+//! Each entry is one JSON message `{"id": nonce, "change": ...}`; a marker without a change
+//! is used to sync.
+//!
+//! * **Read your writes.** [`StreamLog::append`] returns only when this process's own
+//!   consumer has applied the entry (found by its id): the change then sits in its place in
+//!   the log rather than being patched in locally ahead of older entries still in flight.
+//! * **Sync.** [`StreamLog::sync`] publishes a marker and waits until it comes back: the
+//!   stream is one ordered log, so every entry confirmed before it has been applied.
+//!   [`StreamLog::open`] syncs before returning, so the state is complete from the start.
+//! * **Failure.** When the connection or a channel dies, the consumer ends; from then on
+//!   every call fails at once (no hanging) and [`StreamLog::check`] says so. The owner
+//!   reconnects and opens the log again: nothing is lost, the log is on the broker.
+//!
+//! The consumer reads with a prefetch of [`STREAM_PREFETCH`] and acknowledges in batches
+//! (for a stream an ack only gives credit). Unreadable entries are skipped with a warning
+//! that does not show them (they may hold secrets).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{BrokerError, Publisher};
+
+/// Unacknowledged entries a log's consumer may hold.
+pub const STREAM_PREFETCH: u16 = 100;
+/// How long an appended entry may take to come back through the own consumer.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Segment size of the streams: retention drops whole segments, so keep them small.
+const SEGMENT_BYTES: i64 = 1_000_000;
+
+/// State built by folding a log's entries in order.
+pub trait Fold: Send + 'static {
+    /// One entry's change.
+    type Change: Serialize + DeserializeOwned + Send;
+    /// Applies one change (in log order).
+    fn apply(&mut self, change: Self::Change);
+}
+
+/// How a log's stream is declared and where a process starts reading it.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// The stream's name.
+    pub name: String,
+    /// The stream's `x-max-age`, e.g. `2D` or `400D`: older entries are dropped.
+    pub max_age: String,
+    /// Replay entries from this time on (a timestamp offset).
+    pub replay_from: DateTime<Utc>,
+}
+
+/// Why the log cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Publishing or declaring failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The consumer ended; the connection must be reopened.
+    #[error("the stream {stream} is no longer read ({why}); the connection must be reopened")]
+    Ended { stream: String, why: String },
+    /// An entry did not come back in time.
+    #[error("an entry published to the stream {stream} did not come back within {}s", SYNC_TIMEOUT.as_secs())]
+    TimedOut { stream: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry<C> {
+    id: String,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    change: Option<C>,
+}
+
+struct Inner<F> {
+    fold: F,
+    /// Entries this process appended and waits to see applied, by id.
+    awaited: HashMap<String, oneshot::Sender<()>>,
+    /// Why the consumer ended; the log is unusable from then on.
+    ended: Option<String>,
+}
+
+/// A log on a stream, folded into `F`; see the module documentation.
+pub struct StreamLog<F> {
+    stream: String,
+    publisher: Publisher,
+    inner: Arc<Mutex<Inner<F>>>,
+    reader: JoinHandle<()>,
+}
+
+impl<F> Drop for StreamLog<F> {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl<F: Fold> StreamLog<F> {
+    /// Declares the stream, replays it from `settings.replay_from` into `fold`, and returns
+    /// once the replay has caught up with the end of the log.
+    pub async fn open(connection: &Connection, settings: &LogSettings, fold: F) -> Result<Self, LogError> {
+        let channel = connection.create_channel().await.map_err(BrokerError::from)?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+        arguments.insert("x-max-age".into(), AMQPValue::LongString(settings.max_age.as_str().into()));
+        arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(settings.name.as_str().into(), durable, arguments).await.map_err(BrokerError::from)?;
+        channel.basic_qos(STREAM_PREFETCH, BasicQosOptions::default()).await.map_err(BrokerError::from)?;
+        let mut offset = FieldTable::default();
+        offset.insert("x-stream-offset".into(), AMQPValue::Timestamp(settings.replay_from.timestamp().max(0) as u64));
+        let consumer = channel
+            .basic_consume(settings.name.as_str().into(), format!("els-bridge-{}", nonce()).into(), BasicConsumeOptions::default(), offset)
+            .await
+            .map_err(BrokerError::from)?;
+        let inner = Arc::new(Mutex::new(Inner { fold, awaited: HashMap::new(), ended: None }));
+        let reader = tokio::spawn(read(channel, consumer, Arc::clone(&inner), settings.name.clone()));
+        let log = StreamLog { stream: settings.name.clone(), publisher: Publisher::open(connection).await?, inner, reader };
+        log.sync().await?;
+        Ok(log)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<F>> {
+        lock(&self.inner)
+    }
+
+    /// `Ok` while the log is read; once it fails it stays failed.
+    pub fn check(&self) -> Result<(), LogError> {
+        match &self.lock().ended {
+            Some(why) => Err(self.ended(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn ended(&self, why: String) -> LogError {
+        LogError::Ended { stream: self.stream.clone(), why }
+    }
+
+    /// Reads the folded state.
+    pub fn read<R>(&self, read: impl FnOnce(&F) -> R) -> Result<R, LogError> {
+        let inner = self.lock();
+        match &inner.ended {
+            Some(why) => Err(self.ended(why.clone())),
+            None => Ok(read(&inner.fold)),
+        }
+    }
+
+    /// Appends `change` and returns once it is applied here.
+    pub async fn append(&self, change: F::Change) -> Result<(), LogError> {
+        let id = nonce();
+        let body = serde_json::to_vec(&Entry { id: id.clone(), change: Some(change) }).map_err(|e| self.ended(e.to_string()))?;
+        self.publish_and_wait(id, &body).await
+    }
+
+    /// Returns once every entry appended before this call is applied here.
+    pub async fn sync(&self) -> Result<(), LogError> {
+        let id = nonce();
+        let body = serde_json::to_vec(&Entry::<F::Change> { id: id.clone(), change: None }).map_err(|e| self.ended(e.to_string()))?;
+        self.publish_and_wait(id, &body).await
+    }
+
+    async fn publish_and_wait(&self, id: String, body: &[u8]) -> Result<(), LogError> {
+        let seen = {
+            let mut inner = self.lock();
+            if let Some(why) = &inner.ended {
+                return Err(self.ended(why.clone()));
+            }
+            let (sender, receiver) = oneshot::channel();
+            inner.awaited.insert(id.clone(), sender);
+            receiver
+        };
+        let outcome = async {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(id.as_str().into());
+            self.publisher.publish("", &self.stream, body, properties).await?;
+            match tokio::time::timeout(SYNC_TIMEOUT, seen).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(self.ended(self.lock().ended.clone().unwrap_or_else(|| "unknown".into()))),
+                Err(_) => Err(LogError::TimedOut { stream: self.stream.clone() }),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            self.lock().awaited.remove(&id);
+        }
+        outcome
+    }
+}
+
+/// Applies the stream to `inner` until the consumer ends, then marks the log as ended.
+async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mutex<Inner<F>>>, stream: String) {
+    let mut unacked = 0;
+    let why = loop {
+        match consumer.next().await {
+            Some(Ok(delivery)) => {
+                match serde_json::from_slice::<Entry<F::Change>>(&delivery.data) {
+                    Ok(entry) => apply(&mut lock(&inner), entry),
+                    Err(_) => tracing::warn!(%stream, bytes = delivery.data.len(), "ignoring an unreadable entry"),
+                }
+                unacked += 1;
+                if unacked >= STREAM_PREFETCH / 2 {
+                    unacked = 0;
+                    if let Err(error) = delivery.ack(BasicAckOptions { multiple: true }).await {
+                        break format!("acknowledging failed: {error}");
+                    }
+                }
+            }
+            Some(Err(error)) => break error.to_string(),
+            None => break "the broker cancelled the consumer".to_owned(),
+        }
+    };
+    tracing::warn!(%stream, reason = %why, "stopped reading the stream");
+    let mut inner = lock(&inner);
+    inner.ended = Some(why);
+    // Dropping the senders wakes every waiter with an error.
+    inner.awaited.clear();
+}
+
+fn apply<F: Fold>(inner: &mut Inner<F>, entry: Entry<F::Change>) {
+    if let Some(change) = entry.change {
+        inner.fold.apply(change);
+    }
+    if let Some(sender) = inner.awaited.remove(&entry.id) {
+        let _ = sender.send(());
+    }
+}
+
+fn lock<F>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// 128 random bits in hex.
+pub fn nonce() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Sum(i64);
+    impl Fold for Sum {
+        type Change = i64;
+        fn apply(&mut self, change: i64) {
+            self.0 += change;
+        }
+    }
+
+    #[test]
+    fn entries_are_folded_in_order_and_wake_their_writer() {
+        let mut inner = Inner { fold: Sum::default(), awaited: HashMap::new(), ended: None };
+        let (sender, mut receiver) = oneshot::channel();
+        inner.awaited.insert("b".into(), sender);
+        apply(&mut inner, serde_json::from_str(r#"{"id":"a","change":2}"#).unwrap());
+        assert!(receiver.try_recv().is_err());
+        apply(&mut inner, serde_json::from_str(r#"{"id":"b"}"#).unwrap());
+        assert!(receiver.try_recv().is_ok());
+        assert_eq!(inner.fold.0, 2);
+        assert_eq!(serde_json::to_string(&Entry::<i64> { id: "m".into(), change: None }).unwrap(), r#"{"id":"m"}"#);
+    }
+}
