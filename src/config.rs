@@ -55,6 +55,9 @@ pub struct Config {
     /// The worker's shutdown.
     #[serde(default)]
     pub worker: WorkerSettings,
+    /// The receipts ledger.
+    #[serde(default)]
+    pub ledger: LedgerSettings,
     /// The institutions this process reports for.
     #[serde(default)]
     pub institutions: Vec<Institution>,
@@ -224,6 +227,25 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings { drain_deadline_secs: 30 }
+    }
+}
+
+/// `[ledger]`: the receipts ledger on the broker (a stream of every accepted upload).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Days the broker keeps receipts (the stream's `x-max-age`); `report` can look back
+    /// this far.
+    pub retention_days: u32,
+    /// Days of receipts each worker indexes at start-up to refuse stale versions.
+    pub index_days: u32,
+    /// Most keys a worker's index holds; the oldest are forgotten beyond this.
+    pub max_index_keys: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings { retention_days: 400, index_days: 35, max_index_keys: 1_000_000 }
     }
 }
 
@@ -455,6 +477,9 @@ impl Config {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(1..=100).contains(&self.batch.max_records) {
             return fail(format!("batch.max_records is {}; it must be 1 to 100 (the platform's limit)", self.batch.max_records));
+        }
+        if self.ledger.retention_days == 0 || self.ledger.index_days == 0 || self.ledger.index_days > self.ledger.retention_days {
+            return fail("ledger: retention_days and index_days must be at least 1, index_days at most retention_days".into());
         }
         if self.batch.max_in_flight_per_institution == 0 {
             return fail("batch.max_in_flight_per_institution must be at least 1".into());

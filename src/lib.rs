@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod event;
 pub mod input;
+pub mod ledger;
 pub mod platform;
 pub mod simulator;
 pub mod retry;

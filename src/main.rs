@@ -23,6 +23,8 @@ enum Command {
     Send(commands::send::SendArgs),
     /// Check event or record files against the spec, offline.
     Validate(commands::validate::ValidateArgs),
+    /// What was reported for a day or range, from the receipts ledger.
+    Report(commands::report::ReportArgs),
     /// Run the provincial platform simulator.
     Simulate(commands::simulate::SimulateArgs),
 }
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => commands::worker::run(args).await,
             Command::Send(args) => commands::send::run(args).await,
             Command::Validate(args) => commands::validate::run(args).await,
+            Command::Report(args) => commands::report::run(args).await,
             Command::Simulate(args) => commands::simulate::run(args).await,
         }
     });

@@ -25,8 +25,8 @@ pub struct Row<T> {
 /// What became of the rows of a batch.
 #[derive(Debug)]
 pub enum Settled<T> {
-    /// At the platform (returnCode 1 or 17) with the call's msgid.
-    Accepted { rows: Vec<Row<T>>, msgid: String },
+    /// At the platform with the call's msgid and returnCode (1, or 17 for a duplicate).
+    Accepted { rows: Vec<Row<T>>, msgid: String, return_code: u32 },
     /// Refused by the platform on its own: a person must look at it.
     Refused { row: Row<T>, code: u32, message: String },
     /// Not settled: the platform failed for a reason that is not about these rows
@@ -60,7 +60,10 @@ impl Uploader {
             }
             let Call { msgid, outcome } = self.attempt(institution, &batch, calls).await;
             match outcome {
-                outcome if outcome.is_accepted() => settled.push(Settled::Accepted { rows: batch, msgid }),
+                outcome if outcome.is_accepted() => {
+                    let return_code = outcome.return_code().unwrap_or(1);
+                    settled.push(Settled::Accepted { rows: batch, msgid, return_code });
+                }
                 Outcome::Refused { code, message } if batch.len() == 1 => {
                     let row = batch.into_iter().next().expect("one row");
                     tracing::warn!(key = row.record.key(), code, %message, "the platform refused a record");

@@ -19,6 +19,9 @@ struct Hold {
     reason: String,
     until: Instant,
     probes: u32,
+    /// A daily-limit hold ends at midnight only: a call accepted meanwhile was sent before
+    /// the limit was met.
+    until_midnight: bool,
 }
 
 /// The holds of one worker process; cheap to clone.
@@ -56,7 +59,7 @@ impl Holds {
         if probes == 1 {
             tracing::error!(%institution, "holding this institution's records: {reason}. Fix the configuration or ask the platform; probing again with backoff");
         }
-        holds.insert(institution.to_owned(), Hold { reason: reason.to_owned(), until: Instant::now() + wait, probes });
+        holds.insert(institution.to_owned(), Hold { reason: reason.to_owned(), until: Instant::now() + wait, probes, until_midnight: false });
         wait
     }
 
@@ -65,20 +68,30 @@ impl Holds {
         let wait = until_beijing_midnight();
         tracing::error!(%institution, hours = wait.as_secs() / 3600, "the daily call limit is reached: holding this institution's records until Beijing midnight");
         let reason = "daily call limit reached (returnCode 11); resumes after Beijing midnight".to_owned();
-        self.lock().insert(institution.to_owned(), Hold { reason, until: Instant::now() + wait, probes: 0 });
+        self.lock().insert(institution.to_owned(), Hold { reason, until: Instant::now() + wait, probes: 0, until_midnight: true });
         wait
     }
 
-    /// Lifts a hold after a call of the institution was answered about its data.
+    /// Lifts a hold after a call of the institution was answered about its data (a
+    /// daily-limit hold only once midnight has passed).
     pub fn release(&self, institution: &str) {
-        if self.lock().remove(institution).is_some() {
+        let mut holds = self.lock();
+        let ended = holds.get(institution).is_some_and(|h| !h.until_midnight || h.until <= Instant::now());
+        if ended {
+            holds.remove(institution);
             tracing::info!(%institution, "the platform accepts this institution's calls again: hold lifted");
         }
     }
 
     /// The institutions held, with the reason.
     pub fn held(&self) -> Vec<(String, String)> {
-        let mut held: Vec<_> = self.lock().iter().map(|(code, hold)| (code.clone(), hold.reason.clone())).collect();
+        let now = Instant::now();
+        let mut held: Vec<_> = self
+            .lock()
+            .iter()
+            .filter(|(_, hold)| !(hold.until_midnight && hold.until <= now))
+            .map(|(code, hold)| (code.clone(), hold.reason.clone()))
+            .collect();
         held.sort();
         held
     }
@@ -110,5 +123,7 @@ mod tests {
         let wait = holds.hold_until_midnight("H1");
         assert!(wait <= Duration::from_secs(24 * 3600 + 60));
         assert!(holds.wait("H1").is_some());
+        holds.release("H1");
+        assert!(holds.wait("H1").is_some(), "calls accepted meanwhile were sent before the limit");
     }
 }

@@ -35,13 +35,23 @@ pub struct Pending<T> {
     pub sources: Vec<T>,
 }
 
+/// What a batch row carries besides its record: its version and every delivery to settle
+/// with it.
+#[derive(Debug)]
+pub struct Carried<T> {
+    /// The version of the record sent, if the events had one.
+    pub version: Option<u64>,
+    /// The deliveries of every version seen of the key.
+    pub deliveries: Vec<T>,
+}
+
 /// A call's worth of records taken from a lane.
 #[derive(Debug)]
 pub struct Batch<T> {
     /// The lane it came from.
     pub lane: LaneKey,
-    /// At most `max_records` rows, distinct keys; each row carries its deliveries.
-    pub rows: Vec<Row<Vec<T>>>,
+    /// At most `max_records` rows, distinct keys.
+    pub rows: Vec<Row<Carried<T>>>,
 }
 
 #[derive(Debug)]
@@ -150,7 +160,8 @@ impl<T> Lanes<T> {
         for key in keys {
             if let Some((pending, _)) = entry.waiting.shift_remove(&key) {
                 entry.in_flight.insert(key);
-                rows.push(Row { record: pending.record, source: pending.sources });
+                let source = Carried { version: pending.version, deliveries: pending.sources };
+                rows.push(Row { record: pending.record, source });
             }
         }
         Some(Batch { lane: lane.clone(), rows })
@@ -197,7 +208,8 @@ mod tests {
         let batch = lanes.due(Instant::now(), false).pop().unwrap();
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(batch.rows[0].record.quantity().to_string(), "5");
-        assert_eq!(batch.rows[0].source, ["v2", "v1 late"]);
+        assert_eq!(batch.rows[0].source.deliveries, ["v2", "v1 late"]);
+        assert_eq!(batch.rows[0].source.version, Some(2));
         assert_eq!(batch.rows[1].record.quantity().to_string(), "2", "without versions the later delivery wins");
     }
 

@@ -11,6 +11,7 @@
 pub mod health;
 pub mod holds;
 pub mod lanes;
+pub mod pipeline;
 pub mod session;
 pub mod settle;
 
@@ -22,11 +23,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::{AmqpSettings, Config};
+use crate::ledger::Ledger;
 use crate::platform::{MsgIds, PlatformClient, Tokens};
 use crate::retry::Backoff;
 use crate::upload::Uploader;
 use health::Health;
 use holds::Holds;
+use pipeline::Pipeline;
 use session::{Session, SessionEnd};
 use settle::Settler;
 
@@ -130,16 +133,11 @@ async fn run_connected(
     let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let publisher = Publisher::open(connection).await?;
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
-    tracing::info!(msgid_slot = slot, "connected to the broker; topology declared");
+    let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
+    tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
 
     let on_consuming = |consuming: bool| health.set_consuming(consuming);
-    let session = Session {
-        config,
-        amqp,
-        uploader: Uploader::new(client, tokens),
-        settler,
-        holds: holds.clone(),
-        on_consuming: &on_consuming,
-    };
+    let pipeline = Pipeline { uploader: Uploader::new(client, tokens), settler, holds: holds.clone(), ledger: Arc::new(ledger) };
+    let session = Session { config, amqp, pipeline, on_consuming: &on_consuming };
     session.run(connection, shutdown).await
 }

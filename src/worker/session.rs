@@ -17,13 +17,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::holds::Holds;
 use super::lanes::{Batch, LaneKey, Lanes};
-use super::settle::Settler;
+use super::pipeline::Pipeline;
 use crate::broker::BrokerError;
-use crate::config::{AmqpSettings, Config, Institution};
+use crate::config::{AmqpSettings, Config};
 use crate::event::{self, Institutions};
-use crate::upload::Uploader;
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,12 +39,8 @@ pub struct Session<'a> {
     pub config: &'a Config,
     /// The broker settings (`[amqp]` or its defaults).
     pub amqp: &'a AmqpSettings,
-    /// Uploads batches with the fleet's token.
-    pub uploader: Uploader,
-    /// Carries out settlements.
-    pub settler: Settler,
-    /// Institutions on hold.
-    pub holds: Holds,
+    /// What happens to each batch.
+    pub pipeline: Pipeline,
     /// Set when the session consumes, cleared when it stops.
     pub on_consuming: &'a (dyn Fn(bool) + Sync),
 }
@@ -143,7 +137,7 @@ impl Session<'_> {
                 lanes.add(lane, event.record, event.version, delivery)
             }
             Err(invalid) => {
-                let settler = self.settler.clone();
+                let settler = self.pipeline.settler.clone();
                 tasks.spawn(async move {
                     settler.invalid(&delivery, &invalid.to_string()).await;
                     None
@@ -157,34 +151,14 @@ impl Session<'_> {
     fn dispatch(&self, tasks: &mut JoinSet<Done>, per_institution: &HashMap<&str, Arc<Semaphore>>, batch: Batch<Delivery>) {
         let Some(institution) = self.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
         let Some(cap) = per_institution.get(institution.fixmedins_code.as_str()).cloned() else { return };
-        let uploader = self.uploader.clone();
-        let settler = self.settler.clone();
-        let holds = self.holds.clone();
+        let pipeline = self.pipeline.clone();
         tasks.spawn(async move {
             let _permit = cap.acquire_owned().await.ok()?;
             let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
-            upload_and_settle(&institution, batch.rows, &uploader, &settler, &holds).await;
+            pipeline.run(&institution, batch.lane.infno, batch.rows).await;
             Some((batch.lane, keys))
         });
     }
-}
-
-async fn upload_and_settle(
-    institution: &Institution,
-    rows: Vec<crate::upload::Row<Vec<Delivery>>>,
-    uploader: &Uploader,
-    settler: &Settler,
-    holds: &Holds,
-) {
-    let code = &institution.fixmedins_code;
-    if let Some(wait) = holds.wait(code) {
-        let deliveries: Vec<&Delivery> = rows.iter().flat_map(|r| r.source.iter()).collect();
-        settler.hold(&deliveries, wait).await;
-        return;
-    }
-    let mut calls = 0;
-    let settled = uploader.upload(institution, rows, &mut calls).await;
-    settler.settle(code, settled).await;
 }
 
 async fn close(channel: &Channel) {

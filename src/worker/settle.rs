@@ -27,6 +27,8 @@ use crate::platform::Outcome;
 use crate::retry::Backoff;
 use crate::upload::Settled;
 
+use super::lanes::Carried;
+
 /// Why a message is dead-lettered (`x-els-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -110,14 +112,14 @@ impl Settler {
 
     /// Settles every delivery of an upload of `institution` by its outcome (the table in
     /// the module doc).
-    pub async fn settle(&self, institution: &str, settled: Vec<Settled<Vec<Delivery>>>) {
+    pub async fn settle(&self, institution: &str, settled: Vec<Settled<Carried<Delivery>>>) {
         for group in settled {
             match group {
-                Settled::Accepted { rows, msgid } => {
+                Settled::Accepted { rows, msgid, .. } => {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
                     for row in rows {
-                        for delivery in &row.source {
+                        for delivery in &row.source.deliveries {
                             ack(delivery).await;
                         }
                     }
@@ -125,13 +127,13 @@ impl Settler {
                 Settled::Refused { row, code, message } => {
                     self.holds.release(institution);
                     let error = format!("the platform refused record {}: returnCode {code}: {message}", row.record.key());
-                    for delivery in &row.source {
+                    for delivery in &row.source.deliveries {
                         let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts + 1;
                         self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts).await;
                     }
                 }
                 Settled::Unsettled { rows, outcome } => {
-                    let deliveries: Vec<&Delivery> = rows.iter().flat_map(|row| row.source.iter()).collect();
+                    let deliveries: Vec<&Delivery> = rows.iter().flat_map(|row| row.source.deliveries.iter()).collect();
                     match &outcome {
                         Outcome::Misconfigured { .. } => {
                             let wait = self.holds.hold_misconfigured(institution, &outcome.to_string());
@@ -153,6 +155,24 @@ impl Settler {
                     }
                 }
             }
+        }
+    }
+
+    /// Settles deliveries whose record is older than what was uploaded: acked, counted in
+    /// the log, never an error.
+    pub async fn superseded(&self, institution: &str, rows: &[crate::upload::Row<Carried<Delivery>>]) {
+        for row in rows {
+            tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
+            for delivery in &row.source.deliveries {
+                ack(delivery).await;
+            }
+        }
+    }
+
+    /// Treats deliveries as a transient failure (retried later with backoff).
+    pub async fn retry(&self, rows: &[crate::upload::Row<Carried<Delivery>>], outcome: &Outcome) {
+        for delivery in rows.iter().flat_map(|row| row.source.deliveries.iter()) {
+            self.retry_later(delivery, outcome).await;
         }
     }
 

@@ -1,0 +1,250 @@
+//! The worker's index of the ledger: the newest uploaded version of each key, and the claims
+//! in force, in log order.
+//!
+//! **Memory.** A key is held as a 64-bit hash of (institution, infno, key) with its newest
+//! version: about 30 bytes per key (hash map entry and eviction queue). Only keys of events
+//! with a `version` are indexed (others cannot be compared). Beyond `max_index_keys` the
+//! keys first uploaded longest ago are forgotten, oldest first: a stale replay of such a
+//! key is no longer refused (racing uploads are still serialised by claims). At the
+//! default 1 000 000 keys that is about 30 MB; a hospital reports some thousands of keys a
+//! day, so the default 35-day window stays far below it. Claims are few (one per batch in
+//! flight) and dropped when released or expired.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use chrono::{DateTime, Utc};
+
+use super::{CLAIM_TTL, Claim, Entry, Turn};
+use crate::spec::Infno;
+
+/// A claim in force.
+#[derive(Debug, Clone)]
+struct ActiveClaim {
+    seq: u64,
+    at: DateTime<Utc>,
+    keys: Vec<(u64, Option<u64>)>,
+}
+
+/// The newest uploaded versions and the claims in force; see the module documentation.
+#[derive(Debug)]
+pub struct Index {
+    uploaded: HashMap<u64, u64>,
+    first_seen: VecDeque<u64>,
+    max_keys: usize,
+    claims: HashMap<String, ActiveClaim>,
+    /// Per key, the claims in force on it: (sequence, claim id), in log order.
+    claimed: HashMap<u64, Vec<(u64, String)>>,
+    seq: u64,
+}
+
+fn key_id(institution: &str, infno: Infno, key: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (institution, infno, key).hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Index {
+    /// An empty index holding at most `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        Index {
+            uploaded: HashMap::new(),
+            first_seen: VecDeque::new(),
+            max_keys: max_keys.max(1),
+            claims: HashMap::new(),
+            claimed: HashMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Keys indexed.
+    pub fn len(&self) -> usize {
+        self.uploaded.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.uploaded.is_empty()
+    }
+
+    /// Whether `version` is lower than the newest uploaded version of the key.
+    pub fn is_stale(&self, institution: &str, infno: Infno, key: &str, version: Option<u64>) -> bool {
+        self.stale(key_id(institution, infno, key), version)
+    }
+
+    fn stale(&self, id: u64, version: Option<u64>) -> bool {
+        matches!((version, self.uploaded.get(&id)), (Some(mine), Some(uploaded)) if mine < *uploaded)
+    }
+
+    /// The turn of each of the `keys` keys of the claim `id`, or `None` while an earlier
+    /// claim on one of its keys is still in force.
+    pub fn turns(&self, id: &str, keys: usize) -> Option<Vec<Turn>> {
+        let Some(mine) = self.claims.get(id) else {
+            // Our own claim is gone only when it expired after waiting that long: go.
+            return Some(vec![Turn::Go; keys]);
+        };
+        let now = Utc::now();
+        let mut turns = Vec::with_capacity(mine.keys.len());
+        for (key, version) in &mine.keys {
+            if self.stale(*key, *version) {
+                turns.push(Turn::Superseded);
+                continue;
+            }
+            let mut turn = Turn::Go;
+            for (seq, other) in self.claimed.get(key).into_iter().flatten() {
+                if *seq >= mine.seq {
+                    break;
+                }
+                let Some(earlier) = self.claims.get(other) else { continue };
+                if now.signed_duration_since(earlier.at).to_std().unwrap_or_default() > CLAIM_TTL {
+                    continue;
+                }
+                let earlier_version = earlier.keys.iter().find(|(k, _)| k == key).and_then(|(_, v)| *v);
+                match (earlier_version, *version) {
+                    (Some(theirs), Some(ours)) if theirs > ours => turn = Turn::Superseded,
+                    _ => return None,
+                }
+            }
+            turns.push(turn);
+        }
+        Some(turns)
+    }
+
+    /// Applies one ledger entry.
+    pub fn apply(&mut self, entry: Entry) {
+        self.seq += 1;
+        match entry {
+            Entry::Claim(Claim { id, institution, infno, keys, at }) => {
+                self.drop_expired_claims();
+                let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, k), *v)).collect();
+                for (key, _) in &keys {
+                    self.claimed.entry(*key).or_default().push((self.seq, id.clone()));
+                }
+                self.claims.insert(id, ActiveClaim { seq: self.seq, at, keys });
+            }
+            Entry::Receipt(receipt) => {
+                for row in &receipt.rows {
+                    if let Some(version) = row.version {
+                        self.uploaded_version(key_id(&receipt.institution, receipt.infno, &row.key), version);
+                    }
+                }
+            }
+            Entry::Release { claim } => self.release(&claim),
+        }
+    }
+
+    fn uploaded_version(&mut self, id: u64, version: u64) {
+        match self.uploaded.get_mut(&id) {
+            Some(newest) => *newest = (*newest).max(version),
+            None => {
+                self.uploaded.insert(id, version);
+                self.first_seen.push_back(id);
+                while self.uploaded.len() > self.max_keys {
+                    match self.first_seen.pop_front() {
+                        Some(oldest) => self.uploaded.remove(&oldest),
+                        None => break,
+                    };
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: &str) {
+        let Some(claim) = self.claims.remove(id) else { return };
+        for (key, _) in claim.keys {
+            if let Some(list) = self.claimed.get_mut(&key) {
+                list.retain(|(_, other)| other != id);
+                if list.is_empty() {
+                    self.claimed.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn drop_expired_claims(&mut self) {
+        let now = Utc::now();
+        let expired: Vec<String> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| now.signed_duration_since(c.at).to_std().unwrap_or_default() > CLAIM_TTL)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.release(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Receipt, ReceiptRow};
+    use rust_decimal::Decimal;
+
+    fn claim(id: &str, keys: &[(&str, Option<u64>)]) -> Entry {
+        Entry::Claim(Claim {
+            id: id.into(),
+            institution: "H1".into(),
+            infno: Infno::Els7002,
+            keys: keys.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            at: Utc::now(),
+        })
+    }
+
+    fn receipt(key: &str, version: Option<u64>) -> Entry {
+        Entry::Receipt(Receipt {
+            claim: "c".into(),
+            institution: "H1".into(),
+            infno: Infno::Els7002,
+            msgid: "m".into(),
+            return_code: 1,
+            at: Utc::now(),
+            rows: vec![ReceiptRow { key: key.into(), version, quantity: Decimal::ONE, price: Decimal::ONE, time: String::new() }],
+        })
+    }
+
+    #[test]
+    fn an_older_version_than_the_uploaded_one_is_stale() {
+        let mut index = Index::new(10);
+        index.apply(receipt("k", Some(5)));
+        assert!(index.is_stale("H1", Infno::Els7002, "k", Some(4)));
+        assert!(!index.is_stale("H1", Infno::Els7002, "k", Some(5)), "the same version may be sent again");
+        assert!(!index.is_stale("H1", Infno::Els7002, "k", None));
+        assert!(!index.is_stale("H1", Infno::Els7003, "k", Some(1)), "keys are per transaction");
+        index.apply(receipt("k", Some(3)));
+        assert!(index.is_stale("H1", Infno::Els7002, "k", Some(4)), "the newest stays");
+    }
+
+    #[test]
+    fn a_later_claim_waits_for_an_earlier_lower_one_and_yields_to_a_higher_one() {
+        let mut index = Index::new(10);
+        index.apply(claim("a", &[("k", Some(1)), ("j", None)]));
+        index.apply(claim("b", &[("k", Some(2))]));
+        index.apply(claim("c", &[("x", Some(1))]));
+        assert_eq!(index.turns("a", 2), Some(vec![Turn::Go, Turn::Go]));
+        assert_eq!(index.turns("b", 1), None, "b waits for a");
+        assert_eq!(index.turns("c", 1), Some(vec![Turn::Go]), "other keys are not held up");
+        index.apply(receipt("k", Some(1)));
+        index.apply(Entry::Release { claim: "a".into() });
+        assert_eq!(index.turns("b", 1), Some(vec![Turn::Go]));
+
+        index.apply(claim("d", &[("k", Some(9))]));
+        index.apply(claim("e", &[("k", Some(3))]));
+        index.apply(Entry::Release { claim: "b".into() });
+        assert_eq!(index.turns("e", 1), Some(vec![Turn::Superseded]), "a newer version was claimed first");
+    }
+
+    #[test]
+    fn the_index_forgets_the_oldest_keys_beyond_its_size() {
+        let mut index = Index::new(2);
+        index.apply(receipt("a", Some(5)));
+        index.apply(receipt("b", Some(5)));
+        index.apply(receipt("a", Some(6)));
+        index.apply(receipt("c", Some(5)));
+        assert_eq!(index.len(), 2);
+        assert!(!index.is_stale("H1", Infno::Els7002, "a", Some(1)), "a was forgotten");
+        assert!(index.is_stale("H1", Infno::Els7002, "b", Some(1)));
+        assert!(index.is_stale("H1", Infno::Els7002, "c", Some(1)));
+    }
+}

@@ -1,0 +1,212 @@
+//! The receipts ledger: a durable account of every accepted upload, kept on the broker as a
+//! stream `<prefix>.ledger` (a [replicated log](crate::broker::log), `x-max-age`
+//! `ledger.retention_days`, default 400 days), so the fleet needs no other store. It serves
+//! two purposes:
+//!
+//! * **No stale overwrite** (contract §3). The platform keeps the last row it received for a
+//!   key, so an older version must never be sent after a newer one. Every worker folds the
+//!   last `ledger.index_days` of the ledger into an [`Index`] of the newest uploaded version
+//!   per key, and before an upload, **claims** its keys in the ledger:
+//!   1. rows whose version is lower than the index's are *superseded* (not sent);
+//!   2. the worker appends a `claim` entry with the batch's keys and versions; the stream
+//!      orders all claims of the fleet;
+//!   3. for each key, an earlier claim of a *higher* version makes this row superseded (the
+//!      newer one is on its way); an earlier claim of a lower, equal or unknown version
+//!      makes this batch wait until that claim is released (its upload finished) or has
+//!      expired (after [`CLAIM_TTL`], when its holder died);
+//!   4. after the upload, the worker appends a `receipt` for the accepted rows *before*
+//!      acking them, then a `release` of the claim.
+//!
+//!   So two versions of a key are never uploaded at the same time by two replicas, and the
+//!   later claim sees the earlier one's receipt. What remains possible: a holder that dies
+//!   mid-upload blocks its keys for [`CLAIM_TTL`]; an upload whose answer was lost to a
+//!   timeout may, in theory, be applied by the platform after a later one (the platform
+//!   gives no way to know); events without `version` are ordered by claim order, i.e.
+//!   roughly by delivery, which is all "the later delivery wins" can promise; keys older
+//!   than the index window (or evicted past `max_index_keys`) are not protected against a
+//!   replay of a stale version (the claim order still serialises racing uploads).
+//! * **The daily report** (`els-bridge report`, [`report`]): receipts carry each row's
+//!   quantity, price and movement time.
+//!
+//! Entries (`change` of a log entry):
+//! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at"}}`,
+//! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time"}]}}`,
+//! `{"release": {"claim"}}`.
+
+pub mod index;
+pub mod report;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::Connection;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::log::{Fold, LogError, LogSettings, StreamLog, nonce};
+use crate::config::LedgerSettings;
+use crate::spec::{Infno, Record};
+
+pub use index::Index;
+
+/// A claim whose holder neither released it nor renewed it within this long is treated as
+/// abandoned (its holder died).
+pub const CLAIM_TTL: Duration = Duration::from_secs(300);
+/// How often a waiting batch looks at the index again.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// The name of the ledger stream for `prefix`.
+pub fn stream_name(prefix: &str) -> String {
+    format!("{prefix}.ledger")
+}
+
+/// The stream settings of the ledger, replaying from `days` back.
+pub fn log_settings(prefix: &str, settings: &LedgerSettings, days: u32) -> LogSettings {
+    LogSettings {
+        name: stream_name(prefix),
+        max_age: format!("{}D", settings.retention_days),
+        replay_from: Utc::now() - chrono::Duration::days(days.into()),
+    }
+}
+
+/// One entry of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entry {
+    /// A batch's keys are about to be uploaded.
+    Claim(Claim),
+    /// Rows the platform accepted (returnCode 1 or 17).
+    Receipt(Receipt),
+    /// The claim's upload is over.
+    Release { claim: String },
+}
+
+/// A batch's claim on its keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Unique id of the claim.
+    pub id: String,
+    /// The institution.
+    pub institution: String,
+    /// The transaction.
+    pub infno: Infno,
+    /// Each key with its version, if the event had one.
+    pub keys: Vec<(String, Option<u64>)>,
+    /// When it was claimed.
+    pub at: DateTime<Utc>,
+}
+
+/// What the platform accepted in one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The claim of the batch.
+    pub claim: String,
+    /// The institution.
+    pub institution: String,
+    /// The transaction.
+    pub infno: Infno,
+    /// The call's msgid.
+    pub msgid: String,
+    /// The platform's returnCode (1, or 17 for a duplicate).
+    pub return_code: u32,
+    /// When the answer came.
+    pub at: DateTime<Utc>,
+    /// The rows accepted.
+    pub rows: Vec<ReceiptRow>,
+}
+
+/// One accepted row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptRow {
+    /// The record key.
+    pub key: String,
+    /// The event's version, if it had one.
+    pub version: Option<u64>,
+    /// The quantity.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// The unit price.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    /// The movement time (Beijing wall clock, `yyyy-MM-dd HH:mm:ss`).
+    pub time: String,
+}
+
+impl ReceiptRow {
+    /// The receipt row of an uploaded record.
+    pub fn of(record: &Record, version: Option<u64>) -> Self {
+        ReceiptRow {
+            key: record.key().to_owned(),
+            version,
+            quantity: record.quantity(),
+            price: record.price(),
+            time: record.time().to_string(),
+        }
+    }
+}
+
+/// What a claim found for one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Upload it.
+    Go,
+    /// A newer version was uploaded or claimed first: do not send it.
+    Superseded,
+}
+
+/// The worker's handle on the ledger.
+pub struct Ledger {
+    log: StreamLog<Index>,
+}
+
+impl Ledger {
+    /// Opens the ledger on `connection` and indexes its last `index_days`.
+    pub async fn open(connection: &Connection, prefix: &str, settings: &LedgerSettings) -> Result<Self, LogError> {
+        let log_settings = log_settings(prefix, settings, settings.index_days);
+        let log = StreamLog::open(connection, &log_settings, Index::new(settings.max_index_keys)).await?;
+        Ok(Ledger { log })
+    }
+
+    /// Whether `version` of the key is older than what was uploaded.
+    pub fn is_stale(&self, institution: &str, infno: Infno, key: &str, version: Option<u64>) -> Result<bool, LogError> {
+        self.log.read(|index| index.is_stale(institution, infno, key, version))
+    }
+
+    /// Claims the keys, waits for earlier claims on them to end, and returns each row's
+    /// turn, in order. The claim must be released with [`Ledger::release`].
+    pub async fn claim(&self, institution: &str, infno: Infno, keys: Vec<(String, Option<u64>)>) -> Result<(String, Vec<Turn>), LogError> {
+        let id = nonce();
+        let count = keys.len();
+        let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now() };
+        self.log.append(Entry::Claim(claim)).await?;
+        loop {
+            match self.log.read(|index| index.turns(&id, count))? {
+                Some(turns) => return Ok((id, turns)),
+                None => tokio::time::sleep(WAIT_POLL).await,
+            }
+        }
+    }
+
+    /// Records what the platform accepted, before the deliveries are acked.
+    pub async fn receipt(&self, receipt: Receipt) -> Result<(), LogError> {
+        self.log.append(Entry::Receipt(receipt)).await
+    }
+
+    /// Ends a claim.
+    pub async fn release(&self, claim: String) -> Result<(), LogError> {
+        self.log.append(Entry::Release { claim }).await
+    }
+
+    /// How many keys the index holds (for metrics and tests).
+    pub fn indexed_keys(&self) -> usize {
+        self.log.read(Index::len).unwrap_or(0)
+    }
+}
+
+impl Fold for Index {
+    type Change = Entry;
+
+    fn apply(&mut self, change: Entry) {
+        Index::apply(self, change);
+    }
+}
