@@ -195,3 +195,22 @@ async fn the_report_totals_equal_what_the_simulator_holds() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_a_broker_records_its_uploads_in_the_ledger() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("ledger-send");
+    let config = sim.write_client_config("send.toml", &worker_toml(vhost.url(), 100));
+    let file = config.with_file_name("backfill.jsonl");
+    let rows: Vec<_> = (0..5).map(|i| row(Infno::Els7004, &format!("BF-{i}"), "2")).collect();
+    std::fs::write(&file, common::records::jsonl(&rows)).unwrap();
+    let send = Command::new(env!("CARGO_BIN_EXE_els-bridge")).args(["send", "--infno", "ELS7004", "--config"]).arg(&config).arg(&file).output().unwrap();
+    assert!(send.status.success(), "{}", String::from_utf8_lossy(&send.stderr));
+    stored(&sim, 5).await;
+
+    let report = Command::new(env!("CARGO_BIN_EXE_els-bridge")).args(["report", "--from", "2026-11-25", "--csv", "--config"]).arg(&config).output().unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let csv = String::from_utf8(report.stdout).unwrap();
+    let code = &sim.institution(0).code;
+    assert!(csv.contains(&format!("{code},ELS7004,consumable stock-in,5,5,0,10,123.4")), "{csv}");
+}

@@ -9,7 +9,8 @@
 //! `{"line": N, "reason": "...", "return_code": 13, "data": {...}}`.
 //!
 //! The access token is shared with every other sender of the institution: through the
-//! broker when `[amqp]` is configured (the worker fleet's token), else through a local
+//! broker when `[amqp]` is configured (the worker fleet's token, and every accepted call
+//! is claimed and recorded in the receipts ledger like the worker's), else through a local
 //! file (other `send` runs of this host).
 
 use std::fs::File;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::config::{Config, Institution};
 use crate::input::{Format, Lines};
+use crate::ledger::{Ledger, Versioned};
 use crate::broker;
 use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, TokenStore, Tokens};
 use crate::retry::Backoff;
@@ -82,6 +84,13 @@ struct Origin {
     data: Map<String, Value>,
 }
 
+/// File rows carry no version: the later row of a key wins.
+impl Versioned for Origin {
+    fn version(&self) -> Option<u64> {
+        None
+    }
+}
+
 /// Writes the failed rows of one input file, created on the first failure.
 struct Rejects {
     path: PathBuf,
@@ -127,6 +136,7 @@ impl Rejects {
 struct Sender<'c> {
     institution: &'c Institution,
     uploader: Uploader,
+    ledger: Option<&'c Ledger>,
     backoff: Backoff,
     batch_size: usize,
     cancel: CancellationToken,
@@ -165,6 +175,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     let mut sender = Sender {
         institution,
         uploader: Uploader::new(client, tokens),
+        ledger: shared.ledger.as_ref(),
         backoff,
         batch_size: config.batch.max_records,
         cancel,
@@ -184,9 +195,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         }
     }
     progress.finish_and_clear();
-    shared.close().await;
     sender.print_summary(args.infno, &written)?;
-    Ok(if sender.tally.failed() == 0 { EXIT_OK } else { EXIT_FAILED })
+    let failed = sender.tally.failed();
+    drop(sender);
+    shared.close().await;
+    Ok(if failed == 0 { EXIT_OK } else { EXIT_FAILED })
 }
 
 /// Where this run shares tokens and its msgid slot with other processes: the fleet's broker
@@ -194,6 +207,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
 struct SharedState {
     store: Arc<dyn TokenStore>,
     slot: u16,
+    /// The fleet's receipts ledger, with a broker: uploads are claimed and recorded.
+    ledger: Option<Ledger>,
     /// Holds the slot: the local lock file, or the broker connection.
     holder: SlotHolder,
 }
@@ -210,7 +225,8 @@ impl SharedState {
                 let connection = broker::connect(amqp, "els-bridge send").await.context("cannot connect to the broker of [amqp]")?;
                 let store = broker::token_store::start(&connection, &amqp.name_prefix).await?;
                 let slot = broker::msgid_slot::claim_msgid_slot(&connection, &amqp.name_prefix).await?;
-                Ok(SharedState { store, slot, holder: SlotHolder::Broker(connection) })
+                let ledger = Ledger::open(&connection, &amqp.name_prefix, &config.ledger).await?;
+                Ok(SharedState { store, slot, ledger: Some(ledger), holder: SlotHolder::Broker(connection) })
             }
             None => {
                 let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
@@ -218,13 +234,14 @@ impl SharedState {
                 let slot = MsgIdSlot::claim_local(&state_dir)
                     .with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
                 let store = Arc::new(FileTokenStore::new(token_file, &config.platform.url));
-                Ok(SharedState { store, slot: slot.slot, holder: SlotHolder::Local(slot) })
+                Ok(SharedState { store, slot: slot.slot, ledger: None, holder: SlotHolder::Local(slot) })
             }
         }
     }
 
     /// Releases the slot (and the broker connection).
     async fn close(self) {
+        drop(self.ledger);
         match self.holder {
             SlotHolder::Local(slot) => drop(slot),
             SlotHolder::Broker(connection) => {
@@ -278,18 +295,18 @@ impl Sender<'_> {
                     }
                     batch.push(Row { record, source: Origin { line: line.number, data: row } });
                     if batch.len() == self.batch_size {
-                        self.upload(std::mem::take(&mut batch), &mut rejects).await?;
+                        self.upload(infno, std::mem::take(&mut batch), &mut rejects).await?;
                         progress.set_message(format!("uploaded {}, failed {}", self.tally.uploaded, self.tally.failed()));
                     }
                 }
             }
         }
-        self.upload(batch, &mut rejects).await?;
+        self.upload(infno, batch, &mut rejects).await?;
         rejects.finish()
     }
 
     /// Uploads one batch, retrying transient failures; every row ends uploaded or rejected.
-    async fn upload(&mut self, rows: Vec<Row<Origin>>, rejects: &mut Rejects) -> anyhow::Result<()> {
+    async fn upload(&mut self, infno: Infno, rows: Vec<Row<Origin>>, rejects: &mut Rejects) -> anyhow::Result<()> {
         let mut pending = rows;
         let mut first_failure: Option<Instant> = None;
         let mut attempt = 0;
@@ -301,7 +318,15 @@ impl Sender<'_> {
                 let reason = format!("not uploaded: {reason}");
                 return self.give_up(pending, &reason, rejects);
             }
-            let settled = self.uploader.upload(self.institution, std::mem::take(&mut pending), &mut self.tally.calls).await;
+            let rows = std::mem::take(&mut pending);
+            let settled = match self.ledger {
+                Some(ledger) => {
+                    let claimed = ledger.upload(&self.uploader, self.institution, infno, rows, &mut self.tally.calls).await;
+                    self.tally.superseded += claimed.superseded.len() as u64;
+                    claimed.settled
+                }
+                None => self.uploader.upload(self.institution, rows, &mut self.tally.calls).await,
+            };
             for group in settled {
                 match group {
                     Settled::Accepted { rows, .. } => self.tally.uploaded += rows.len() as u64,
@@ -353,7 +378,7 @@ impl Sender<'_> {
         writeln!(out, "{infno} ({}) for {} {}", infno.describe(), i.fixmedins_code, i.fixmedins_name)?;
         writeln!(out, "  rows read     {:>8}", t.read)?;
         writeln!(out, "  uploaded      {:>8}", t.uploaded)?;
-        writeln!(out, "  superseded    {:>8}  (a later row of the same key in the same call)", t.superseded)?;
+        writeln!(out, "  superseded    {:>8}  (a later row of the same key came after it)", t.superseded)?;
         writeln!(out, "  invalid       {:>8}", t.invalid)?;
         writeln!(out, "  refused       {:>8}", t.refused)?;
         writeln!(out, "  not uploaded  {:>8}", t.not_uploaded)?;

@@ -44,8 +44,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::log::{Fold, LogError, LogSettings, StreamLog, nonce};
-use crate::config::LedgerSettings;
+use crate::config::{Institution, LedgerSettings};
+use crate::platform::Outcome;
 use crate::spec::{Infno, Record};
+use crate::upload::{Row, Settled, Uploader};
 
 pub use index::Index;
 
@@ -154,6 +156,21 @@ pub enum Turn {
     Superseded,
 }
 
+/// What a row's origin knows of its version.
+pub trait Versioned {
+    /// The version of the record, if its event had one.
+    fn version(&self) -> Option<u64>;
+}
+
+/// The result of a claimed upload.
+#[derive(Debug)]
+pub struct Claimed<T> {
+    /// Rows not sent: a newer version was uploaded or claimed first.
+    pub superseded: Vec<Row<T>>,
+    /// What became of the rows sent; accepted ones are recorded in the ledger.
+    pub settled: Vec<Settled<T>>,
+}
+
 /// The worker's handle on the ledger.
 pub struct Ledger {
     log: StreamLog<Index>,
@@ -195,6 +212,48 @@ impl Ledger {
     /// Ends a claim.
     pub async fn release(&self, claim: String) -> Result<(), LogError> {
         self.log.append(Entry::Release { claim }).await
+    }
+
+    /// Uploads `rows` of one institution and transaction under a claim: waits for earlier
+    /// claims on their keys, leaves out superseded rows, records a receipt of every
+    /// accepted call before returning, and releases the claim. If the ledger fails, the
+    /// rows come back unsettled as a transient failure (sent again later, which is
+    /// harmless for the same version).
+    pub async fn upload<T: Versioned>(&self, uploader: &Uploader, institution: &Institution, infno: Infno, rows: Vec<Row<T>>, calls: &mut u64) -> Claimed<T> {
+        let failed = |error: LogError| Outcome::Transient { code: None, message: format!("the receipts ledger is not available: {error}") };
+        let code = &institution.fixmedins_code;
+        let keys = rows.iter().map(|r| (r.record.key().to_owned(), r.source.version())).collect();
+        let (claim, turns) = match self.claim(code, infno, keys).await {
+            Ok(claimed) => claimed,
+            Err(error) => return Claimed { superseded: Vec::new(), settled: vec![Settled::Unsettled { rows, outcome: failed(error) }] },
+        };
+        let (go, superseded): (Vec<_>, Vec<_>) = rows.into_iter().zip(turns).partition(|(_, turn)| *turn == Turn::Go);
+        let superseded = superseded.into_iter().map(|(row, _)| row).collect();
+        let sent = uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls).await;
+        let mut settled = Vec::with_capacity(sent.len());
+        for group in sent {
+            let Settled::Accepted { rows, msgid, return_code } = group else {
+                settled.push(group);
+                continue;
+            };
+            let receipt = Receipt {
+                claim: claim.clone(),
+                institution: code.clone(),
+                infno,
+                msgid: msgid.clone(),
+                return_code,
+                at: Utc::now(),
+                rows: rows.iter().map(|r| ReceiptRow::of(&r.record, r.source.version())).collect(),
+            };
+            match self.receipt(receipt).await {
+                Ok(()) => settled.push(Settled::Accepted { rows, msgid, return_code }),
+                Err(error) => settled.push(Settled::Unsettled { rows, outcome: failed(error) }),
+            }
+        }
+        if let Err(error) = self.release(claim).await {
+            tracing::warn!(institution = %code, "could not release a ledger claim (it expires by itself): {error}");
+        }
+        Claimed { superseded, settled }
     }
 
     /// How many keys the index holds (for metrics and tests).

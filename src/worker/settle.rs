@@ -169,13 +169,6 @@ impl Settler {
         }
     }
 
-    /// Treats deliveries as a transient failure (retried later with backoff).
-    pub async fn retry(&self, rows: &[crate::upload::Row<Carried<Delivery>>], outcome: &Outcome) {
-        for delivery in rows.iter().flat_map(|row| row.source.deliveries.iter()) {
-            self.retry_later(delivery, outcome).await;
-        }
-    }
-
     /// Dead-letters an invalid event (never sent).
     pub async fn invalid(&self, delivery: &Delivery, error: &str) {
         self.dead_letter(delivery, Reason::Invalid, error, None, 0).await;
@@ -208,7 +201,8 @@ impl Settler {
         put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
         put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
-        self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
+        if self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await {
+        }
     }
 
     /// Moves a delivery to a delay queue for `wait`, headers unchanged.
@@ -232,19 +226,27 @@ impl Settler {
         put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
         tracing::warn!(reason = reason.as_str(), message_id = ?delivery.properties.message_id(), "dead-lettering: {error}");
         let queue = self.topology.dead_letter_queue.clone();
-        self.republish(delivery, &queue, headers, None).await;
+        if self.republish(delivery, &queue, headers, None).await {
+        }
     }
 
     /// Publishes the delivery's body and properties with `headers` to `queue` (optionally
     /// expiring after `expire`), then acks the original; on failure leaves it unacked.
-    async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) {
+    /// Returns whether the copy was confirmed.
+    async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) -> bool {
         let mut properties = delivery.properties.clone().with_headers(headers);
         if let Some(wait) = expire {
             properties = properties.with_expiration(wait.as_millis().max(1).to_string().into());
         }
         match self.publisher.publish("", queue, &delivery.data, properties).await {
-            Ok(()) => ack(delivery).await,
-            Err(error) => warn_unsettled(&error),
+            Ok(()) => {
+                ack(delivery).await;
+                true
+            }
+            Err(error) => {
+                warn_unsettled(&error);
+                false
+            }
         }
     }
 }
