@@ -68,6 +68,7 @@ fi
 # --- build and tests ---------------------------------------------------------------------
 step "cargo build --all-targets"
 cargo build --all-targets
+bash scripts/check-deploy.sh || fail "scripts/check-deploy.sh: Dockerfile, docker-compose.yml, Helm chart or sample day"
 
 step "cargo test --all-targets"
 cargo test --all-targets
