@@ -31,7 +31,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    els_bridge::telemetry::init_logging();
+    let telemetry = els_bridge::telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -48,6 +48,9 @@ fn main() -> ExitCode {
             Command::Simulate(args) => commands::simulate::run(args).await,
         }
     });
+    drop(runtime);
+    // The last spans and metrics go out before the process ends (after the drain).
+    telemetry.shutdown();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {

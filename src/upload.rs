@@ -94,9 +94,11 @@ impl Uploader {
             institution = %institution.fixmedins_code,
             %infno,
             rows = batch.len(),
+            attempt = crate::telemetry::trace::attempt(),
             msgid = tracing::field::Empty,
             return_code = tracing::field::Empty,
         );
+        crate::telemetry::trace::adopt(&span);
         async {
             let mut call = None;
             for _ in 0..2 {
@@ -105,7 +107,9 @@ impl Uploader {
                     Err(error) => return Call { msgid: String::new(), outcome: error.as_outcome() },
                 };
                 *calls += 1;
+                let metric = crate::telemetry::metrics::upload_started(&institution.fixmedins_code, infno);
                 let this = self.client.upload(institution, infno, &token.value, batch.iter().map(|r| &r.record)).await;
+                metric.answered(batch.len(), &this.outcome);
                 tracing::Span::current().record("msgid", this.msgid.as_str());
                 if let Some(code) = this.outcome.return_code() {
                     tracing::Span::current().record("return_code", code);

@@ -132,6 +132,7 @@ impl Tokens {
             return Ok(token.clone());
         }
         let Call { msgid, outcome } = self.client.fetch_token(institution).await;
+        crate::telemetry::metrics::token_requested(code, &outcome);
         let usable_stored = stored.filter(|t| t.remaining(Utc::now()) > MIN_USABLE);
         match outcome {
             Outcome::Accepted(data) => match read_token(&data) {

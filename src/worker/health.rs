@@ -1,11 +1,13 @@
-//! The worker's HTTP endpoint: `/healthz` (the process is alive) and `/readyz` (connected
-//! to the broker and consuming; held institutions are listed as not ready).
+//! The worker's HTTP endpoint: `/healthz` (the process is alive), `/readyz` (connected
+//! to the broker and consuming; held institutions are listed, but do not make the worker
+//! unready: the others carry on) and `/metrics` (Prometheus text, see
+//! [`crate::telemetry::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,19 +33,40 @@ impl Health {
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
     }
+
+    /// Whether a session consumes the work queue now.
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    /// The institutions held, with the reason.
+    pub fn held(&self) -> Vec<(String, String)> {
+        self.holds.held()
+    }
 }
 
 /// Serves the endpoints on `listener` until `shutdown`.
 pub async fn serve(listener: tokio::net::TcpListener, health: Health, shutdown: CancellationToken) -> std::io::Result<()> {
-    tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(health);
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    let consuming = health.consuming.load(Ordering::Relaxed);
+    let consuming = health.is_consuming();
     let held: serde_json::Map<String, serde_json::Value> =
-        health.holds.held().into_iter().map(|(code, reason)| (code, json!(reason))).collect();
+        health.held().into_iter().map(|(code, reason)| (code, json!(reason))).collect();
     let status = if consuming { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "consuming": consuming, "held_institutions": held })))
+}
+
+/// Prometheus text exposition of every metric.
+async fn metrics() -> impl IntoResponse {
+    // Collecting runs the gauges' callbacks, which take short locks: off the async threads.
+    let text = tokio::task::spawn_blocking(crate::telemetry::metrics::render).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, crate::telemetry::metrics::CONTENT_TYPE)], text)
 }

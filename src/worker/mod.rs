@@ -61,10 +61,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let backoff = Backoff::new(&config.retry);
     let holds = Holds::new(backoff);
     let health = Health::new(holds.clone());
+    crate::telemetry::metrics::watch(health.clone(), config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| WorkerError::Listen { address: config.http.listen, source })?;
-    let http = tokio::spawn(health::serve(listener, health.clone(), shutdown.clone()));
+    // Served until the drain is over (liveness and metrics during it), not just until SIGTERM.
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(health::serve(listener, health.clone(), http_stop.clone()));
 
     let mut failures = 0;
     loop {
@@ -93,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         }
     }
     shutdown.cancel();
+    http_stop.cancel();
     let _ = http.await;
     Ok(())
 }

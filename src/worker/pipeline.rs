@@ -47,7 +47,8 @@ impl Pipeline {
             return;
         }
         let mut calls = 0;
-        let claimed = self.ledger.upload(&self.uploader, institution, infno, rows, &mut calls).await;
+        let trace = crate::telemetry::trace::BatchTrace::of(rows.iter().flat_map(|r| r.source.deliveries.iter()));
+        let claimed = trace.scope(self.ledger.upload(&self.uploader, institution, infno, rows, &mut calls)).await;
         self.settler.superseded(code, &claimed.superseded).await;
         self.settler.settle(code, claimed.settled).await;
     }

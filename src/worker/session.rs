@@ -99,6 +99,7 @@ impl Session<'_> {
                 }
                 delivery = consumer.next(), if consumer_open => match delivery {
                     Some(Ok(delivery)) => {
+                        crate::telemetry::metrics::delivery_taken();
                         if let Some(batch) = self.intake(&mut tasks, &mut lanes, &codes, delivery) {
                             self.dispatch(&mut tasks, &per_institution, batch);
                         }
@@ -125,6 +126,7 @@ impl Session<'_> {
             tasks.abort_all();
         }
         close(&channel).await;
+        crate::telemetry::metrics::session_ended();
         result
     }
 

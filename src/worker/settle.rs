@@ -118,6 +118,7 @@ impl Settler {
                 Settled::Accepted { rows, msgid, .. } => {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
+                    crate::telemetry::metrics::accepted(institution, &rows);
                     for row in rows {
                         for delivery in &row.source.deliveries {
                             ack(delivery).await;
@@ -161,6 +162,7 @@ impl Settler {
     /// Settles deliveries whose record is older than what was uploaded: acked, counted in
     /// the log, never an error.
     pub async fn superseded(&self, institution: &str, rows: &[crate::upload::Row<Carried<Delivery>>]) {
+        crate::telemetry::metrics::superseded(institution, rows);
         for row in rows {
             tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
             for delivery in &row.source.deliveries {
@@ -202,6 +204,7 @@ impl Settler {
         put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
         if self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await {
+            crate::telemetry::metrics::parked_for_retry(&delivery.data);
         }
     }
 
@@ -227,6 +230,7 @@ impl Settler {
         tracing::warn!(reason = reason.as_str(), message_id = ?delivery.properties.message_id(), "dead-lettering: {error}");
         let queue = self.topology.dead_letter_queue.clone();
         if self.republish(delivery, &queue, headers, None).await {
+            crate::telemetry::metrics::dead_lettered(&delivery.data, reason.as_str());
         }
     }
 
@@ -253,6 +257,7 @@ impl Settler {
 
 /// Acks a delivery; if its channel is gone the broker redelivers it, which is safe.
 async fn ack(delivery: &Delivery) {
+    crate::telemetry::metrics::delivery_settled();
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         tracing::debug!("ack failed, the message will be redelivered: {error}");
     }

@@ -1,0 +1,437 @@
+//! The worker's metrics: OpenTelemetry instruments, read in Prometheus text format on
+//! `/metrics` and exported over OTLP when configured (see [`super`]).
+//!
+//! One set of instruments feeds both: the OpenTelemetry SDK aggregates, an
+//! `opentelemetry-prometheus` reader turns the aggregates into a `prometheus::Registry` for
+//! `/metrics`, and a periodic OTLP reader (only when an endpoint is set) sends the same
+//! numbers to a collector. Names follow OpenTelemetry (`els.upload.duration`, unit `s`) and
+//! come out in Prometheus as the conventional `els_upload_duration_seconds`; counters get
+//! `_total`.
+//!
+//! | Prometheus name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `els_records_total` | counter | `institution`, `infno`, `outcome` | events settled for good, one count each: `uploaded` (its record is at the platform), `superseded` (a newer version of its record was uploaded instead), `invalid`, `rejected`, `exhausted` (dead-lettered with that reason) |
+//! | `els_upload_calls_total` | counter | `institution`, `infno`, `outcome`, `return_code` | upload calls made (ELS7002–7007); `outcome` is the classified answer (`accepted`, `duplicate`, `refused`, `transient`, ...), `return_code` the platform's code, `none` without one (HTTP error, timeout), `other` for a code the spec does not define |
+//! | `els_upload_batch_rows` | histogram | `institution`, `infno` | rows per upload call |
+//! | `els_upload_duration_seconds` | histogram | `institution`, `infno` | time from sending an upload call to its classified answer |
+//! | `els_uploads_in_flight` | gauge | `institution` | upload calls waiting for their answer |
+//! | `els_token_refreshes_total` | counter | `institution`, `result` | ELS7001 calls: `issued` (a new token), `not_issued` (the platform says a valid one exists), `failed` |
+//! | `els_retries_total` | counter | `institution` | messages parked in a delay queue after a transient failure (each counts once per retry) |
+//! | `els_dead_letters_total` | counter | `reason` | messages moved to the dead-letter queue: `invalid`, `rejected`, `exhausted` |
+//! | `els_institution_held` | gauge | `institution` | 1 while the institution's records are held (configuration problem or daily call limit), else 0 |
+//! | `els_deliveries_unsettled` | gauge | – | deliveries taken from the broker and not yet acked (waiting in a batch, uploading, or being moved) |
+//! | `els_consuming` | gauge | – | 1 while the worker consumes the work queue (what `/readyz` reports) |
+//! | `target_info` | gauge | resource attributes | the OpenTelemetry resource (`service_name`, ...) |
+//!
+//! Label values are bounded by the configuration: institution codes come from it (events
+//! naming another code count as `unknown`), transaction codes from the spec. No msgid, key,
+//! token or secret is ever a label.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, OnceLock, RwLock};
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, UpDownCounter};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use serde_json::Value;
+
+use crate::platform::Outcome;
+use crate::spec::Infno;
+use crate::upload::Row;
+use crate::worker::health::Health;
+use crate::worker::lanes::Carried;
+
+/// `outcome` of `els_records_total` for settlements that are not dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The record of the event is at the platform.
+    Uploaded,
+    /// A newer version of its record was uploaded instead.
+    Superseded,
+}
+
+impl RecordOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RecordOutcome::Uploaded => "uploaded",
+            RecordOutcome::Superseded => "superseded",
+        }
+    }
+}
+
+/// Every `outcome` of `els_records_total`.
+pub const RECORD_OUTCOMES: [&str; 5] = ["uploaded", "superseded", "invalid", "rejected", "exhausted"];
+
+/// Every `reason` of `els_dead_letters_total`.
+pub const DEAD_LETTER_REASONS: [&str; 3] = ["invalid", "rejected", "exhausted"];
+
+/// The label value of an institution or transaction that cannot be told.
+pub const UNKNOWN: &str = "unknown";
+
+struct Installed {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    otlp: bool,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+fn build(resource: Resource, otlp: Option<opentelemetry_otlp::MetricExporter>) -> Installed {
+    let registry = prometheus::Registry::new();
+    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    match opentelemetry_prometheus::exporter().with_registry(registry.clone()).scope_info_enabled(false).build() {
+        Ok(reader) => builder = builder.with_reader(reader),
+        Err(error) => tracing::warn!("metrics are not served on /metrics: {error}"),
+    }
+    let exports = otlp.is_some();
+    if let Some(exporter) = otlp {
+        builder = builder.with_periodic_exporter(exporter);
+    }
+    Installed { provider: builder.build(), registry, otlp: exports }
+}
+
+/// Builds the meter provider (Prometheus reader, plus OTLP when given). The first call
+/// wins; instruments used before it get a Prometheus-only provider.
+pub(super) fn install(resource: Resource, otlp: Option<opentelemetry_otlp::MetricExporter>) -> SdkMeterProvider {
+    let mut offered = Some((resource, otlp));
+    let installed = INSTALLED.get_or_init(|| {
+        let (resource, otlp) = offered.take().expect("offered once");
+        build(resource, otlp)
+    });
+    if offered.is_some() {
+        tracing::warn!("the meter provider was already installed; OTLP metrics settings are ignored");
+    }
+    installed.provider.clone()
+}
+
+/// Whether metrics go out over OTLP too.
+pub(super) fn exports_otlp() -> bool {
+    INSTALLED.get().is_some_and(|installed| installed.otlp)
+}
+
+fn installed() -> &'static Installed {
+    INSTALLED.get_or_init(|| build(super::resource(), None))
+}
+
+/// The metrics in Prometheus text exposition format (what `/metrics` serves).
+pub fn render() -> String {
+    let families = installed().registry.gather();
+    prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_else(|error| {
+        tracing::warn!("cannot encode the metrics: {error}");
+        String::new()
+    })
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the observable gauges read: the worker's health and its institutions.
+struct Watched {
+    health: Health,
+    institutions: Vec<String>,
+}
+
+static WATCHED: RwLock<Option<Watched>> = RwLock::new(None);
+
+/// Deliveries taken and not yet acked by the current broker session.
+static UNSETTLED: AtomicI64 = AtomicI64::new(0);
+
+struct Instruments {
+    records: Counter<u64>,
+    upload_calls: Counter<u64>,
+    batch_rows: Histogram<u64>,
+    upload_duration: Histogram<f64>,
+    uploads_in_flight: UpDownCounter<i64>,
+    token_refreshes: Counter<u64>,
+    retries: Counter<u64>,
+    dead_letters: Counter<u64>,
+    _held: ObservableGauge<u64>,
+    _unsettled: ObservableGauge<u64>,
+    _consuming: ObservableGauge<u64>,
+}
+
+static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments::new(&installed().provider.meter("els-bridge")));
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        Instruments {
+            records: meter
+                .u64_counter("els.records")
+                .with_unit("{record}")
+                .with_description("Events settled for good, by outcome: uploaded, superseded, invalid, rejected, exhausted")
+                .build(),
+            upload_calls: meter
+                .u64_counter("els.upload.calls")
+                .with_unit("{call}")
+                .with_description("Upload calls to the platform, by classified outcome and returnCode")
+                .build(),
+            batch_rows: meter
+                .u64_histogram("els.upload.batch.rows")
+                .with_unit("{row}")
+                .with_description("Rows per upload call")
+                .with_boundaries(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 75.0, 100.0])
+                .build(),
+            upload_duration: meter
+                .f64_histogram("els.upload.duration")
+                .with_unit("s")
+                .with_description("Time from sending an upload call to its classified answer")
+                .with_boundaries(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .build(),
+            uploads_in_flight: meter
+                .i64_up_down_counter("els.uploads.in_flight")
+                .with_unit("{call}")
+                .with_description("Upload calls waiting for their answer")
+                .build(),
+            token_refreshes: meter
+                .u64_counter("els.token.refreshes")
+                .with_unit("{call}")
+                .with_description("Access token requests (ELS7001), by result: issued, not_issued, failed")
+                .build(),
+            retries: meter
+                .u64_counter("els.retries")
+                .with_unit("{message}")
+                .with_description("Messages parked in a delay queue after a transient failure")
+                .build(),
+            dead_letters: meter
+                .u64_counter("els.dead_letters")
+                .with_unit("{message}")
+                .with_description("Messages moved to the dead-letter queue, by reason")
+                .build(),
+            _held: meter
+                .u64_observable_gauge("els.institution.held")
+                .with_description("1 while the institution's records are held (configuration problem or daily call limit)")
+                .with_callback(|observer| {
+                    if let Some(watched) = WATCHED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        let held = watched.health.held();
+                        for code in &watched.institutions {
+                            let value = u64::from(held.iter().any(|(held, _)| held == code));
+                            observer.observe(value, &[KeyValue::new("institution", code.clone())]);
+                        }
+                    }
+                })
+                .build(),
+            _unsettled: meter
+                .u64_observable_gauge("els.deliveries.unsettled")
+                .with_unit("{message}")
+                .with_description("Deliveries taken from the broker and not yet acked")
+                .with_callback(|observer| observer.observe(UNSETTLED.load(Ordering::Relaxed).max(0).unsigned_abs(), &[]))
+                .build(),
+            _consuming: meter
+                .u64_observable_gauge("els.consuming")
+                .with_description("1 while the worker consumes the work queue")
+                .with_callback(|observer| {
+                    if let Some(watched) = WATCHED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        observer.observe(u64::from(watched.health.is_consuming()), &[]);
+                    }
+                })
+                .build(),
+        }
+    }
+}
+
+fn institution(code: &str) -> KeyValue {
+    KeyValue::new("institution", code.to_owned())
+}
+
+fn infno(infno: Infno) -> KeyValue {
+    KeyValue::new("infno", infno.as_str())
+}
+
+/// Starts the worker's gauges and sets every counter of its institutions to 0, so that
+/// series exist (and rates work) before the first event.
+pub fn watch(health: Health, institutions: Vec<String>) {
+    let metrics = &*INSTRUMENTS;
+    for code in &institutions {
+        for transaction in Infno::UPLOADS {
+            for outcome in RECORD_OUTCOMES {
+                metrics.records.add(0, &[institution(code), infno(transaction), KeyValue::new("outcome", outcome)]);
+            }
+        }
+        metrics.retries.add(0, &[institution(code)]);
+        metrics.uploads_in_flight.add(0, &[institution(code)]);
+    }
+    for reason in DEAD_LETTER_REASONS {
+        metrics.dead_letters.add(0, &[KeyValue::new("reason", reason)]);
+    }
+    *WATCHED.write().unwrap_or_else(|e| e.into_inner()) = Some(Watched { health, institutions });
+}
+
+/// Rows accepted by the platform: each row's record counts as uploaded, the other
+/// deliveries of its key (older versions merged into the same row) as superseded.
+pub fn accepted<T>(code: &str, rows: &[Row<Carried<T>>]) {
+    for row in rows {
+        let transaction = row.record.infno();
+        add_records(code, transaction, RecordOutcome::Uploaded, 1);
+        add_records(code, transaction, RecordOutcome::Superseded, row.source.deliveries.len().saturating_sub(1));
+    }
+}
+
+/// Rows whose every delivery is settled as superseded.
+pub fn superseded<T>(code: &str, rows: &[Row<Carried<T>>]) {
+    for row in rows {
+        add_records(code, row.record.infno(), RecordOutcome::Superseded, row.source.deliveries.len());
+    }
+}
+
+fn add_records(code: &str, transaction: Infno, outcome: RecordOutcome, count: usize) {
+    if count > 0 {
+        let labels = [institution(code), infno(transaction), KeyValue::new("outcome", outcome.as_str())];
+        INSTRUMENTS.records.add(count as u64, &labels);
+    }
+}
+
+/// A message is in the dead-letter queue (`reason`: invalid, rejected, exhausted); `body`
+/// is the event, read for its institution and transaction.
+pub fn dead_lettered(body: &[u8], reason: &'static str) {
+    let (code, transaction) = event_labels(body);
+    INSTRUMENTS.dead_letters.add(1, &[KeyValue::new("reason", reason)]);
+    INSTRUMENTS.records.add(1, &[KeyValue::new("institution", code), KeyValue::new("infno", transaction), KeyValue::new("outcome", reason)]);
+}
+
+/// A message is parked in a delay queue after a transient failure.
+pub fn parked_for_retry(body: &[u8]) {
+    let (code, _) = event_labels(body);
+    INSTRUMENTS.retries.add(1, &[KeyValue::new("institution", code)]);
+}
+
+/// An ELS7001 call of the institution was answered with `outcome`.
+pub fn token_requested(code: &str, outcome: &Outcome) {
+    let result = match outcome {
+        Outcome::Accepted(data) if data.get("accessToken").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty()) => "issued",
+        Outcome::Accepted(_) | Outcome::TokenStillValid => "not_issued",
+        _ => "failed",
+    };
+    INSTRUMENTS.token_refreshes.add(1, &[institution(code), KeyValue::new("result", result)]);
+}
+
+/// One upload call in flight; [`UploadCall::answered`] records it, dropping it unanswered
+/// (the task was cancelled) only ends the in-flight count.
+#[must_use = "record the answer with answered()"]
+pub struct UploadCall {
+    labels: [KeyValue; 2],
+    started: Instant,
+}
+
+/// An upload call of the institution's `transaction` is sent now.
+pub fn upload_started(code: &str, transaction: Infno) -> UploadCall {
+    let labels = [institution(code), infno(transaction)];
+    INSTRUMENTS.uploads_in_flight.add(1, &labels[..1]);
+    UploadCall { labels, started: Instant::now() }
+}
+
+impl UploadCall {
+    /// The call with `rows` rows was answered with `outcome`.
+    pub fn answered(self, rows: usize, outcome: &Outcome) {
+        let metrics = &*INSTRUMENTS;
+        metrics.upload_duration.record(self.started.elapsed().as_secs_f64(), &self.labels);
+        metrics.batch_rows.record(rows as u64, &self.labels);
+        let mut labels = self.labels.to_vec();
+        labels.push(KeyValue::new("outcome", outcome_label(outcome)));
+        labels.push(KeyValue::new("return_code", return_code_label(outcome.return_code())));
+        metrics.upload_calls.add(1, &labels);
+    }
+}
+
+impl Drop for UploadCall {
+    fn drop(&mut self) {
+        INSTRUMENTS.uploads_in_flight.add(-1, &self.labels[..1]);
+    }
+}
+
+/// A delivery was taken from the work queue.
+pub fn delivery_taken() {
+    UNSETTLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A delivery was acked (or its channel is gone).
+pub fn delivery_settled() {
+    let _ = UNSETTLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some((n - 1).max(0)));
+}
+
+/// The broker session ended: whatever it held unacked goes back to the queue.
+pub fn session_ended() {
+    UNSETTLED.store(0, Ordering::Relaxed);
+}
+
+/// The classified outcome as a label value.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accepted(_) => "accepted",
+        Outcome::Duplicate => "duplicate",
+        Outcome::TokenInvalid => "token_invalid",
+        Outcome::TokenStillValid => "token_still_valid",
+        Outcome::TooManyRows => "too_many_rows",
+        Outcome::Refused { .. } => "refused",
+        Outcome::DailyLimit => "daily_limit",
+        Outcome::Misconfigured { .. } => "misconfigured",
+        Outcome::Transient { .. } => "transient",
+    }
+}
+
+/// The returnCode as a label value, bounded to the codes the spec defines.
+fn return_code_label(code: Option<u32>) -> String {
+    match code {
+        None => "none".to_owned(),
+        Some(code @ (1..=9 | 11..=17 | 28 | 30)) => code.to_string(),
+        Some(_) => "other".to_owned(),
+    }
+}
+
+/// The institution and transaction of an event body, as label values: a configured code
+/// (or the only one, when the event names none) and an upload transaction, else
+/// [`UNKNOWN`].
+fn event_labels(body: &[u8]) -> (String, &'static str) {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        infno: Option<Value>,
+        fixmedins_code: Option<Value>,
+    }
+    let head = serde_json::from_slice::<Head>(body).ok();
+    let transaction = head
+        .as_ref()
+        .and_then(|h| h.infno.as_ref()?.as_str()?.parse::<Infno>().ok())
+        .filter(|i| i.is_upload())
+        .map_or(UNKNOWN, Infno::as_str);
+    let watched = WATCHED.read().unwrap_or_else(|e| e.into_inner());
+    let known: &[String] = watched.as_ref().map_or(&[], |w| w.institutions.as_slice());
+    let code = match head.as_ref().map(|h| h.fixmedins_code.as_ref()) {
+        Some(None | Some(Value::Null)) if known.len() == 1 => Some(known[0].clone()),
+        Some(Some(Value::String(code))) => known.iter().find(|k| *k == code).cloned(),
+        _ => None,
+    };
+    (code.unwrap_or_else(|| UNKNOWN.to_owned()), transaction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_codes_outside_the_spec_share_one_label() {
+        assert_eq!(return_code_label(Some(1)), "1");
+        assert_eq!(return_code_label(Some(30)), "30");
+        assert_eq!(return_code_label(Some(10)), "other");
+        assert_eq!(return_code_label(Some(4242)), "other");
+        assert_eq!(return_code_label(None), "none");
+    }
+
+    #[test]
+    fn counters_come_out_with_conventional_prometheus_names() {
+        let call = upload_started("H00000000001", Infno::Els7002);
+        call.answered(7, &Outcome::Duplicate);
+        INSTRUMENTS.dead_letters.add(1, &[KeyValue::new("reason", "invalid")]);
+        let text = render();
+        assert!(text.contains("# TYPE els_upload_calls_total counter"), "{text}");
+        assert!(
+            text.contains(r#"els_upload_calls_total{infno="ELS7002",institution="H00000000001",outcome="duplicate",return_code="17"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE els_upload_duration_seconds histogram"), "{text}");
+        assert!(text.contains(r#"els_upload_batch_rows_sum{infno="ELS7002",institution="H00000000001"} 7"#), "{text}");
+        assert!(text.contains(r#"els_uploads_in_flight{institution="H00000000001"} 0"#), "{text}");
+        assert!(text.contains(r#"els_dead_letters_total{reason="invalid"}"#), "{text}");
+        assert!(!text.contains("otel_scope"), "{text}");
+    }
+}
