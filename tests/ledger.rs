@@ -10,16 +10,12 @@ use std::time::Duration;
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, WorkerProcess, worker_toml};
-use els_bridge::config::RetrySettings;
+use common::worker::{World, WorkerProcess, worker_config, worker_toml};
 use els_bridge::simulator::api::{CallFilter, RecordFilter, RecordView};
 use els_bridge::spec::Infno;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-fn test_retry() -> RetrySettings {
-    RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
-}
 
 fn quantity(record: &RecordView) -> String {
     let field = match record.infno {
@@ -41,12 +37,9 @@ async fn stored(sim: &TestSimulator, count: usize) -> BTreeMap<String, RecordVie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_version_replayed_after_its_correction_is_superseded() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("ledger-replay");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("ledger-replay", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let config = worker_config(&sim, &vhost, 100);
     let mut worker = WorkerProcess::start(&config, "worker");
 
     // Version 1 is refused for now and dead-lettered.
@@ -76,12 +69,9 @@ async fn an_old_version_replayed_after_its_correction_is_superseded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_versions_published_back_to_back_end_with_the_newer_one_across_three_workers() {
-    let sim = TestSimulator::builder().institutions(2).start();
-    let vhost = unique_vhost("ledger-race");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("ledger-race", TestSimulator::builder().institutions(2).start()).await;
     let codes = [sim.institution(0).code.clone(), sim.institution(1).code.clone()];
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 50));
+    let config = worker_config(&sim, &vhost, 50);
     let workers: Vec<WorkerProcess> = (0..3).map(|i| WorkerProcess::start(&config, &format!("worker-{i}"))).collect();
 
     let mut expected = BTreeMap::new();
@@ -108,12 +98,9 @@ async fn two_versions_published_back_to_back_end_with_the_newer_one_across_three
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_still_refuses_stale_versions() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("ledger-restart");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("ledger-restart", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let config = worker_config(&sim, &vhost, 100);
     let newer: Vec<Value> = (0..12).map(|i| event(Infno::UPLOADS[i % 6], &code, Some(5), row(Infno::UPLOADS[i % 6], &format!("K-{i}"), "5"))).collect();
     amqp.publish(&newer).await;
     let mut first = WorkerProcess::start(&config, "first");
@@ -135,12 +122,9 @@ async fn a_restarted_worker_still_refuses_stale_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_totals_equal_what_the_simulator_holds() {
-    let sim = TestSimulator::builder().institutions(2).start();
-    let vhost = unique_vhost("ledger-report");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("ledger-report", TestSimulator::builder().institutions(2).start()).await;
     let codes = [sim.institution(0).code.clone(), sim.institution(1).code.clone()];
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let config = worker_config(&sim, &vhost, 100);
     let mut worker = WorkerProcess::start(&config, "worker");
     let mut events = Vec::new();
     for i in 0..120 {

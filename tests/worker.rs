@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, WorkerProcess, worker_toml};
+use common::worker::{Amqp, World, WorkerProcess, worker_config, worker_toml};
 use els_bridge::config::RetrySettings;
 use els_bridge::simulator::api::{CallFilter, RecordFilter};
 use els_bridge::spec::Infno;
@@ -18,9 +18,6 @@ use serde_json::{Value, json};
 /// (institution, infno, key) → quantity the platform must end up with.
 type Expected = BTreeMap<(String, Infno, String), String>;
 
-fn test_retry() -> RetrySettings {
-    RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
-}
 
 /// `per_lane` events for every institution and transaction, version 1.
 fn first_wave(codes: &[&str], per_lane: usize) -> (Vec<Value>, Expected) {
@@ -98,10 +95,7 @@ async fn assert_calls_are_well_formed(sim: &TestSimulator) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_upload_the_latest_version_of_every_record_and_dead_letter_only_invalid_events() {
-    let sim = TestSimulator::builder().institutions(2).start();
-    let vhost = unique_vhost("fleet");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("fleet", TestSimulator::builder().institutions(2).start()).await;
     let codes = [sim.institution(0).code.as_str(), sim.institution(1).code.as_str()];
 
     let (events, mut expected) = first_wave(&codes, 200);
@@ -132,7 +126,7 @@ async fn three_workers_upload_the_latest_version_of_every_record_and_dead_letter
         amqp.publish_raw("ELS7002.x", body, id).await;
     }
 
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 300));
+    let config = worker_config(&sim, &vhost, 300);
     let mut workers: Vec<WorkerProcess> = (0..3).map(|i| WorkerProcess::start(&config, &format!("worker-{i}"))).collect();
     wait_until_stored(&sim, &expected, Duration::from_secs(180)).await;
 
@@ -171,10 +165,7 @@ async fn three_workers_upload_the_latest_version_of_every_record_and_dead_letter
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_records_are_dead_lettered_as_rejected_and_everything_else_is_stored() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("refused");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("refused", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
     let (events, mut expected) = first_wave(&[&code], 350);
     let refused: Vec<(String, Infno, String)> = expected.keys().step_by(400).take(5).cloned().collect();
@@ -186,7 +177,7 @@ async fn refused_records_are_dead_lettered_as_rejected_and_everything_else_is_st
     }
     amqp.publish(&events).await;
 
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 300));
+    let config = worker_config(&sim, &vhost, 300);
     let mut worker = WorkerProcess::start(&config, "worker");
     wait_until_stored(&sim, &expected, Duration::from_secs(180)).await;
     let dead = take_dead_letters(&amqp, 5, Duration::from_secs(60)).await;
@@ -209,16 +200,13 @@ async fn refused_records_are_dead_lettered_as_rejected_and_everything_else_is_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_open_batches_and_settles_before_exiting() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("sigterm");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("sigterm", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
     // 30 events per lane: no lane ever fills a call, so only the linger (60 s) or the drain
     // at shutdown sends them.
     let (events, expected) = first_wave(&[&code], 30);
     amqp.publish(&events).await;
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 60_000));
+    let config = worker_config(&sim, &vhost, 60_000);
     let mut worker = WorkerProcess::start(&config, "worker");
     // Wait until the worker holds every event unacked (all delivered, in open batches).
     vhost.wait_for_counts("els.events", QueueCounts::new(0, events.len() as u64), Duration::from_secs(60));
@@ -243,12 +231,9 @@ async fn sigterm_flushes_open_batches_and_settles_before_exiting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_later_uses_the_existing_token() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("token-reuse");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("token-reuse", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let config = worker_config(&sim, &vhost, 100);
 
     let (first, mut expected) = first_wave(&[&code], 5);
     amqp.publish(&first).await;
@@ -292,12 +277,9 @@ async fn readyz(port: u16) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_uses_the_fleets_token_when_amqp_is_configured() {
-    let sim = TestSimulator::builder().institutions(1).start();
-    let vhost = unique_vhost("send-fleet-token");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("send-fleet-token", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let config = worker_config(&sim, &vhost, 100);
     let (events, expected) = first_wave(&[&code], 2);
     amqp.publish(&events).await;
     let mut worker = WorkerProcess::start(&config, "worker");
@@ -351,10 +333,7 @@ async fn transient_failures_past_the_retry_budget_are_dead_lettered_as_exhausted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
-    let sim = TestSimulator::builder().institutions(2).start();
-    let vhost = unique_vhost("held");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("held", TestSimulator::builder().institutions(2).start()).await;
     let (good, bad) = (sim.institution(0).clone(), sim.institution(1).clone());
     let port = free_port();
     let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -389,10 +368,7 @@ async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
-    let sim = TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start();
-    let vhost = unique_vhost("daily-limit");
-    let amqp = Amqp::connect(vhost.url()).await;
-    amqp.declare(&test_retry()).await;
+    let World { sim, vhost, amqp } = World::new("daily-limit", TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start()).await;
     let code = sim.institution(0).code.clone();
     let port = free_port();
     let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));

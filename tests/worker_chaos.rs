@@ -13,15 +13,11 @@ use std::time::{Duration, Instant};
 use common::broker::{QueueCounts, broker_outage, exclusive, unique_vhost};
 use common::records::{event, row};
 use common::simulator::TestSimulator;
-use common::worker::{Amqp, WorkerProcess, worker_toml};
-use els_bridge::config::RetrySettings;
+use common::worker::{Amqp, WorkerProcess, test_retry, worker_config, worker_toml};
 use els_bridge::simulator::api::{CallFilter, ErrorAnswer, ErrorRate, RecordFilter, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
 use serde_json::Value;
 
-fn test_retry() -> RetrySettings {
-    RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
-}
 
 /// `count` events spread over the six transactions of `code`, keys prefixed by `tag`.
 fn events(code: &str, tag: &str, count: usize) -> Vec<Value> {
@@ -102,7 +98,7 @@ async fn the_fleet_shares_one_token_per_institution_through_short_token_lifetime
     let codes = [sim.institution(0).code.clone(), sim.institution(1).code.clone()];
     let amqp = Amqp::connect(vhost.url()).await;
     amqp.declare(&test_retry()).await;
-    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 200));
+    let config = worker_config(&sim, &vhost, 200);
     let text = std::fs::read_to_string(&config).unwrap().replace("[platform]\n", "[platform]\ntoken_refresh_lead_secs = 6\n");
     std::fs::write(&config, text).unwrap();
     let workers: Vec<WorkerProcess> = (0..3).map(|i| WorkerProcess::start(&config, &format!("worker-{i}"))).collect();

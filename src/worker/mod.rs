@@ -33,6 +33,8 @@ use pipeline::Pipeline;
 use session::{Session, SessionEnd};
 use settle::Settler;
 
+/// How long closing the connection may take before the worker gives up on it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
 
@@ -112,7 +114,9 @@ async fn connect_and_run(
     let connection = broker::connect(amqp, "els-bridge worker").await?;
     let result = run_connected(config, amqp, holds, health, shutdown, &connection).await;
     if connection.status().connected() {
-        let _ = connection.close(200, "bye".into()).await;
+        // lapin can fail to complete a close that races the automatic close of dropped
+        // channels; the broker requeues whatever is unacked either way.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await;
     }
     result
 }

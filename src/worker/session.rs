@@ -125,7 +125,7 @@ impl Session<'_> {
             // The channel is gone: whatever is in flight can no longer be acked.
             tasks.abort_all();
         }
-        close(&channel).await;
+        flush_acks(&channel, self.amqp.prefetch).await;
         crate::telemetry::metrics::session_ended();
         result
     }
@@ -163,8 +163,15 @@ impl Session<'_> {
     }
 }
 
-async fn close(channel: &Channel) {
+/// Waits until the broker has taken every ack sent on the consume channel: acks have no
+/// answer, so a `basic.qos` round trip (answered in order after them) is the barrier that
+/// keeps the connection's close from overtaking them. The channel itself closes with the
+/// connection (closing it separately races lapin's own close of dropped channels).
+async fn flush_acks(channel: &Channel, prefetch: u16) {
     if channel.status().connected() {
-        let _ = channel.close(200, "bye".into()).await;
+        let barrier = channel.basic_qos(prefetch, BasicQosOptions::default());
+        if let Err(error) = tokio::time::timeout(Duration::from_secs(5), barrier).await.unwrap_or_else(|_| Ok(())) {
+            tracing::warn!("could not confirm that the last acks reached the broker: {error}");
+        }
     }
 }

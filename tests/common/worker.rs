@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use els_bridge::broker::Topology;
 use els_bridge::config::{AmqpSettings, RetrySettings};
+
+use super::broker::{TestVhost, unique_vhost};
+use super::simulator::TestSimulator;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -75,6 +78,44 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The retry settings of [`worker_toml`]: fast backoff, a long budget.
+pub fn test_retry() -> RetrySettings {
+    RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
+}
+
+/// A worker test's world: the simulator, a vhost of its own with the worker's topology
+/// declared, and a client to publish and read queues.
+pub struct World {
+    /// The platform simulator.
+    pub sim: TestSimulator,
+    /// The test's vhost (deleted on drop).
+    pub vhost: TestVhost,
+    /// A client on the vhost.
+    pub amqp: Amqp,
+}
+
+impl World {
+    /// A world around `sim`, its vhost named after `label`.
+    pub async fn new(label: &str, sim: TestSimulator) -> World {
+        let vhost = unique_vhost(label);
+        let amqp = Amqp::connect(vhost.url()).await;
+        amqp.declare(&test_retry()).await;
+        World { sim, vhost, amqp }
+    }
+
+    /// A world with a simulator serving `institutions` (1 or 2).
+    pub async fn with_institutions(label: &str, institutions: usize) -> World {
+        World::new(label, TestSimulator::builder().institutions(institutions).start()).await
+    }
+
+}
+
+/// Writes the configuration of a fast test worker (see [`worker_toml`]) for `sim` and
+/// `vhost`, and returns its path.
+pub fn worker_config(sim: &TestSimulator, vhost: &TestVhost, linger_ms: u64) -> PathBuf {
+    sim.write_client_config("worker.toml", &worker_toml(vhost.url(), linger_ms))
 }
 
 /// The `[amqp]`, `[batch]`, `[retry]` and `[http]` sections of a fast test worker.
