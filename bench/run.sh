@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The benchmark harness of issue 7 (see BENCHMARKS.md).
+#
+#   bash bench/run.sh [--quick] [--pass default|tuned|all] [driver options...]
+#
+# 1. builds els-bridge and the driver (examples/bench.rs) in release;
+# 2. starts the local RabbitMQ node (scripts/rabbitmq.sh: needs root, like the tests);
+# 3. removes vhosts an interrupted earlier run left behind (els-bench-*);
+# 4. runs the driver once per pass; every scenario gets a fresh vhost, its own simulator
+#    and real `els-bridge worker` processes. Results go to
+#    bench/results/<UTC time>/<pass>/ (results.md, results.json, the configurations and
+#    every process's log); bench/results/latest points at the newest run.
+#
+# Passes:
+#   default  the worker's default configuration (amqp.prefetch 1000, linger 2 s, cap 4).
+#            With 12 lanes a prefetch of 1000 cannot fill a 100-row batch (see
+#            BENCHMARKS.md), so the worker runs at about prefetch / linger; the sizes are
+#            kept small so that this pass takes minutes, not an hour.
+#   tuned    amqp.prefetch 5000 (enough for 12 lanes × 100 rows + 8 calls in flight), every
+#            scenario at full size (200 000 events, a backlog of 1 000 000). ~20 minutes.
+#   all      both (the default).
+# --quick shrinks every size (a smoke run of a few minutes).
+#
+# Driver options are passed to every pass after the pass's own, so they win: e.g.
+# `--scenarios 1,2 --events 50000`, `--perf` (profile the worker and the simulator with
+# perf; summaries by bench/profile.py), `--cap 8`. `target/release/examples/bench --help`
+# lists them all. CARGO_TARGET_DIR is honoured.
+#
+# The figures depend on what else runs on the machine: the load before and after is
+# printed and recorded; take figures for the record only when the load is low (below ~1 on
+# 2 cores), and run a scenario again when its numbers look disturbed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+quick=0
+pass=all
+while (($#)); do
+    case $1 in
+        --quick) quick=1; shift ;;
+        --pass) pass=${2:?--pass needs default, tuned or all}; shift 2 ;;
+        --pass=*) pass=${1#--pass=}; shift ;;
+        *) break ;;
+    esac
+done
+case $pass in default | tuned | all) ;; *) echo "run.sh: unknown pass '$pass'" >&2; exit 2 ;; esac
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+target_dir=${CARGO_TARGET_DIR:-target}
+
+printf '==> cargo build --release --bin els-bridge --example bench\n' >&2
+cargo build --release --bin els-bridge --example bench
+
+printf '==> RabbitMQ (scripts/rabbitmq.sh start)\n' >&2
+bash scripts/rabbitmq.sh start
+
+stale=$(rabbitmqctl -q list_vhosts name 2>/dev/null | grep '^els-bench-' || true)
+if [[ -n $stale ]]; then
+    printf '==> removing %s vhost(s) left by an interrupted run\n' "$(wc -l <<<"$stale")" >&2
+    while read -r vhost; do
+        rabbitmqctl -q delete_vhost "$vhost" </dev/null >/dev/null 2>&1 || true
+    done <<<"$stale"
+fi
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "bench/results/$stamp"
+ln -sfn "$stamp" bench/results/latest
+
+if ((quick)); then
+    default_args=(--prefetch 1000 --scenarios 1,2,3,5,6 --events 5000 --backlog 5000 --scale-events 5000
+                  --steady 120:0,1200:0 --steady-secs 10)
+    tuned_args=(--prefetch 5000 --quick)
+else
+    default_args=(--prefetch 1000 --scenarios 1,2,3,5,6 --events 50000 --backlog 50000 --scale-events 30000
+                  --steady 120:0,1200:0 --steady-secs 60)
+    tuned_args=(--prefetch 5000)
+fi
+
+run_pass() {
+    local name=$1
+    shift
+    local out="bench/results/$stamp/$name"
+    mkdir -p "$out"
+    printf '\n==> pass %s: bench %s\n==> load before: %s\n' "$name" "$*" "$(uptime)" >&2
+    "$target_dir/release/examples/bench" --bin "$target_dir/release/els-bridge" --out "$out" "$@"
+    printf '==> load after: %s\n' "$(uptime)" >&2
+}
+
+[[ $pass == tuned ]] || run_pass default "${default_args[@]}" "$@"
+[[ $pass == default ]] || run_pass tuned "${tuned_args[@]}" "$@"
+
+for f in bench/results/"$stamp"/*/results.md; do
+    printf '\n==> %s\n' "$f" >&2
+    cat "$f"
+done
