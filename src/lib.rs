@@ -10,6 +10,7 @@ pub mod beijing;
 pub mod broker;
 pub mod commands;
 pub mod config;
+pub mod dlq;
 pub mod event;
 pub mod input;
 pub mod ledger;
