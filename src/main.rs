@@ -25,6 +25,10 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// What was reported for a day or range, from the receipts ledger.
     Report(commands::report::ReportArgs),
+    /// Publish event files to the events exchange, with publisher confirms.
+    Publish(commands::publish::PublishArgs),
+    /// Count, show and replay dead letters.
+    Dlq(commands::dlq::DlqArgs),
     /// Run the provincial platform simulator.
     Simulate(commands::simulate::SimulateArgs),
 }
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
             Command::Send(args) => commands::send::run(args).await,
             Command::Validate(args) => commands::validate::run(args).await,
             Command::Report(args) => commands::report::run(args).await,
+            Command::Publish(args) => commands::publish::run(args).await,
+            Command::Dlq(args) => commands::dlq::run(args).await,
             Command::Simulate(args) => commands::simulate::run(args).await,
         }
     });

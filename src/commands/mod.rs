@@ -3,6 +3,8 @@
 //! Each `run` returns the process exit status: [`EXIT_OK`], [`EXIT_FAILED`] when some
 //! records failed, or an error that `main` prints and turns into [`EXIT_USAGE`].
 
+pub mod dlq;
+pub mod publish;
 pub mod report;
 pub mod send;
 pub mod simulate;

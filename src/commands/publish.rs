@@ -1,0 +1,582 @@
+//! `els-bridge publish FILE...`: publishes events (contract §1), one JSON object a line, to
+//! the events exchange with publisher confirms.
+//!
+//! Each line is validated first (with a configuration, institution codes are checked
+//! against it); invalid lines are reported as `FILE:LINE: field: reason` and skipped, or,
+//! with `--strict`, nothing is published when any line is invalid. A valid line is
+//! published as it is (its bytes without the line ending, and without a byte-order mark on
+//! the first line), persistent, `content_type` `application/json`, routing key
+//! `<infno>.<fixmedins_code>` (just `<infno>` for an event that omits the institution
+//! when no configuration is given) and `message_id` `<file name>:<line>:<hash>`, the hash
+//! being 16 hex digits of FNV-1a over the body: the same line of the same file always
+//! gets the same id, so a message published twice is recognisable.
+//!
+//! Up to [`WINDOW`] messages are in flight (published, not yet confirmed). If the broker
+//! connection drops, the command reconnects with backoff (for up to `--max-retry-secs`)
+//! and publishes every message of the window again: a message counts as published only
+//! once the broker confirmed it, so none is lost, and some may arrive twice.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{EXIT_FAILED, EXIT_OK};
+use crate::broker;
+use crate::config::{AmqpSettings, Config};
+use crate::event::{self, Institutions, InvalidEvent};
+
+/// Messages published and not yet confirmed, at most.
+pub const WINDOW: usize = 500;
+
+/// Options of `els-bridge publish`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Each line is an event: {\"infno\": \"ELS7002\", \"fixmedins_code\": \"...\", \"version\": 1, \"data\": {...}}.\n\
+Without --config (or ELS_BRIDGE_CONFIG) the broker is amqp://guest:guest@127.0.0.1:5672/%2f (or ELS_BRIDGE__AMQP__URL) and any 12-character institution code is accepted.\n\
+Exit status: 0 when every line was published and confirmed, 1 when any line was invalid or not published, 2 on usage or configuration errors.")]
+pub struct PublishArgs {
+    /// Event files, JSON Lines.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// The configuration file: [amqp] and the institutions events may name.
+    #[arg(long, env = "ELS_BRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Publish nothing when any line is invalid.
+    #[arg(long)]
+    strict: bool,
+    /// Publish at most this many events per second.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// After losing the broker, keep reconnecting for this long before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    max_retry_secs: u64,
+}
+
+/// Reads `--rate`: a positive number per second.
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate: give a positive number per second, e.g. 50 or 0.5")),
+    }
+}
+
+/// Loads `--config`, or builds the defaults (with `ELS_BRIDGE__*` overrides) without one.
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(Some(path))?,
+        None => Config::from_toml("", std::env::vars())?,
+    })
+}
+
+/// Spaces out events to at most `rate` per second.
+pub(crate) struct Pace {
+    period: Option<Duration>,
+    next: Instant,
+}
+
+impl Pace {
+    /// No pacing without a rate.
+    pub(crate) fn new(rate: Option<f64>) -> Pace {
+        Pace { period: rate.map(|r| Duration::from_secs_f64(1.0 / r)), next: Instant::now() }
+    }
+
+    /// Waits until the next event may go.
+    pub(crate) async fn wait(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        }
+        self.next = self.next.max(now) + period;
+    }
+}
+
+/// One line of an event file, as bytes.
+struct RawLine {
+    number: u64,
+    bytes: Vec<u8>,
+}
+
+/// Reads a file line by line, keeping each line's bytes; blank lines are skipped (but
+/// counted, so numbers match an editor's).
+struct RawLines {
+    reader: BufReader<File>,
+    number: u64,
+    consumed: u64,
+}
+
+impl RawLines {
+    fn open(path: &Path) -> std::io::Result<RawLines> {
+        Ok(RawLines { reader: BufReader::new(File::open(path)?), number: 0, consumed: 0 })
+    }
+}
+
+impl Iterator for RawLines {
+    type Item = std::io::Result<RawLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let mut bytes = Vec::new();
+            match self.reader.read_until(b'\n', &mut bytes) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.consumed += n as u64;
+                    self.number += 1;
+                }
+                Err(error) => return Some(Err(error)),
+            }
+            if self.number == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
+                bytes.drain(..3);
+            }
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Some(Ok(RawLine { number: self.number, bytes }));
+        }
+    }
+}
+
+/// A valid event ready to publish.
+struct Outgoing {
+    /// `FILE:LINE`, for reports.
+    place: String,
+    routing_key: String,
+    message_id: String,
+    body: Vec<u8>,
+}
+
+/// An event in flight: published, waiting for its confirm (`None` after a connection loss,
+/// until it is published again).
+struct InFlight {
+    event: Outgoing,
+    confirm: Option<PublisherConfirm>,
+}
+
+/// Counts for the summary.
+#[derive(Debug, Default)]
+struct Tally {
+    read: u64,
+    published: u64,
+    invalid: u64,
+    not_published: u64,
+    resent: u64,
+    reconnects: u64,
+}
+
+/// Why publishing stopped before the end.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("the broker has been unreachable for {secs}s ({last}); giving up (see --max-retry-secs)")]
+    GaveUp { secs: u64, last: String },
+    #[error("interrupted")]
+    Interrupted,
+    #[error("the broker keeps refusing messages; the last refusal: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// The broker side: a confirm-mode channel, reconnected when lost, and the window.
+struct Outbox<'a> {
+    amqp: &'a AmqpSettings,
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+    window: VecDeque<InFlight>,
+    max_retry: Duration,
+    cancel: CancellationToken,
+    /// Refusals in a row.
+    refusals: u32,
+}
+
+/// Refusals in a row (negative confirms, or messages returned as unroutable) after which
+/// publishing stops; the waits between them are 0.5, 1, 2, 4, 8 and 16 s.
+const MAX_REFUSALS: u32 = 6;
+
+impl<'a> Outbox<'a> {
+    /// Connects once: a broker that cannot be reached at the start is a configuration
+    /// problem, reported at once.
+    async fn open(amqp: &'a AmqpSettings, max_retry: Duration, cancel: CancellationToken) -> anyhow::Result<Outbox<'a>> {
+        let mut outbox = Outbox { amqp, connection: None, channel: None, window: VecDeque::new(), max_retry, cancel, refusals: 0 };
+        match outbox.try_connect().await {
+            Ok((connection, channel)) => {
+                outbox.connection = Some(connection);
+                outbox.channel = Some(channel);
+                Ok(outbox)
+            }
+            Err(Ok(why)) => bail!("cannot connect to the broker: {why}"),
+            Err(Err(stop)) => bail!("{stop}"),
+        }
+    }
+
+    /// Opens a connection and a confirm-mode channel; the exchange must exist. An error
+    /// that is worth trying again is `Err(Ok(why))`, a fatal one `Err(Err(stop))`.
+    async fn try_connect(&self) -> Result<(Connection, Channel), Result<String, Stop>> {
+        let transient = |e: &dyn std::fmt::Display| Ok(e.to_string());
+        let connection = broker::connect(self.amqp, "els-bridge publish").await.map_err(|e| transient(&e))?;
+        let channel = connection.create_channel().await.map_err(|e| transient(&e))?;
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        let exchange = self.amqp.exchange.as_str();
+        if let Err(error) = channel.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await {
+            if crate::dlq::reader::is_not_found(&error) {
+                return Err(Err(Stop::Fatal(format!(
+                    "the exchange {exchange} does not exist on the broker: start a worker once (it declares the topology), or check amqp.url's virtual host"
+                ))));
+            }
+            return Err(transient(&error));
+        }
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| transient(&e))?;
+        Ok((connection, channel))
+    }
+
+    /// Connects with backoff until it works, `max_retry` passes or the run is interrupted.
+    async fn connect(&mut self) -> Result<(), Stop> {
+        if let Some(old) = self.connection.take() {
+            self.channel = None;
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.close(200, "reconnecting".into())).await;
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.try_connect().await {
+                Ok((connection, channel)) => {
+                    self.connection = Some(connection);
+                    self.channel = Some(channel);
+                    return Ok(());
+                }
+                Err(Ok(last)) => {
+                    let waited = started.elapsed();
+                    if waited >= self.max_retry {
+                        return Err(Stop::GaveUp { secs: waited.as_secs(), last });
+                    }
+                    attempt += 1;
+                    let wait = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(15));
+                    tracing::warn!("cannot reach the broker ({last}); trying again in {:.1}s", wait.as_secs_f64());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.cancel.cancelled() => return Err(Stop::Interrupted),
+                    }
+                }
+                Err(Err(fatal)) => return Err(fatal),
+            }
+        }
+    }
+
+    async fn send(&self, event: &Outgoing) -> Result<PublisherConfirm, lapin::Error> {
+        let Some(channel) = &self.channel else {
+            return Err(lapin::Error::from(std::io::Error::other("not connected")));
+        };
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(event.message_id.as_str().into());
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        channel
+            .basic_publish(self.amqp.exchange.as_str().into(), event.routing_key.as_str().into(), options, &event.body, properties)
+            .await
+    }
+
+    /// Reconnects and publishes the whole window again.
+    async fn recover(&mut self, tally: &mut Tally) -> Result<(), Stop> {
+        'reconnect: loop {
+            tally.reconnects += 1;
+            self.connect().await?;
+            for index in 0..self.window.len() {
+                match self.send(&self.window[index].event).await {
+                    Ok(confirm) => {
+                        self.window[index].confirm = Some(confirm);
+                        tally.resent += 1;
+                    }
+                    Err(error) => {
+                        tracing::warn!("lost the broker again while publishing the unconfirmed messages: {error}");
+                        continue 'reconnect;
+                    }
+                }
+            }
+            tracing::info!(resent = self.window.len(), "reconnected; unconfirmed messages published again");
+            return Ok(());
+        }
+    }
+
+    /// Publishes one event (after making room in the window).
+    async fn publish(&mut self, event: Outgoing, tally: &mut Tally) -> Result<(), Stop> {
+        while self.window.len() >= WINDOW {
+            self.settle_oldest(tally).await?;
+        }
+        let confirm = self.send(&event).await;
+        let lost = confirm.is_err();
+        self.window.push_back(InFlight { event, confirm: confirm.ok() });
+        if lost {
+            self.recover(tally).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest confirm and counts it.
+    async fn settle_oldest(&mut self, tally: &mut Tally) -> Result<(), Stop> {
+        let Some(mut oldest) = self.window.pop_front() else { return Ok(()) };
+        let outcome = match oldest.confirm.take() {
+            Some(confirm) => confirm.await,
+            None => Err(lapin::Error::from(std::io::Error::other("not published since the connection was lost"))),
+        };
+        let refused = match outcome {
+            Ok(Confirmation::Ack(None)) => {
+                tally.published += 1;
+                self.refusals = 0;
+                return Ok(());
+            }
+            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+                format!("no queue is bound to exchange {} for routing key {}", self.amqp.exchange, oldest.event.routing_key)
+            }
+            Ok(Confirmation::Nack(None) | Confirmation::NotRequested) => "the broker refused it (negative confirm)".to_owned(),
+            Err(error) => {
+                tracing::warn!("lost the broker while waiting for confirms: {error}");
+                self.window.push_front(oldest);
+                return self.recover(tally).await;
+            }
+        };
+        // Refusals happen while a queue is unavailable (a broker that is starting): publish
+        // it again, waiting longer after each refusal in a row; a broker that keeps refusing
+        // stops the run.
+        self.refusals += 1;
+        if self.refusals > MAX_REFUSALS {
+            self.window.push_front(oldest);
+            return Err(Stop::Refused(refused));
+        }
+        let wait = Duration::from_millis(250u64 << self.refusals.min(6));
+        tracing::warn!("{}: {refused}; publishing it again in {:.1}s", oldest.event.place, wait.as_secs_f64());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.cancel.cancelled() => {
+                self.window.push_front(oldest);
+                return Err(Stop::Interrupted);
+            }
+        }
+        let confirm = self.send(&oldest.event).await;
+        let lost = confirm.is_err();
+        oldest.confirm = confirm.ok();
+        self.window.push_back(oldest);
+        if lost {
+            self.recover(tally).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every message in the window is confirmed (or given up).
+    async fn flush(&mut self, tally: &mut Tally) -> Result<(), Stop> {
+        while !self.window.is_empty() {
+            self.settle_oldest(tally).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up on what is still in flight: reported as not published.
+    fn abandon(&mut self, tally: &mut Tally, out: &Report) {
+        for in_flight in self.window.drain(..) {
+            tally.not_published += 1;
+            out.line(&format!("{}: not published: not confirmed by the broker", in_flight.event.place));
+        }
+    }
+
+    async fn close(self) {
+        if let Some(connection) = self.connection {
+            // lapin can fail to complete a close; everything was confirmed or reported.
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())).await;
+        }
+    }
+}
+
+/// Writes report lines to standard output without tearing the progress bar.
+struct Report {
+    progress: ProgressBar,
+}
+
+impl Report {
+    fn line(&self, text: &str) {
+        self.progress.suspend(|| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+        });
+    }
+
+    fn problems(&self, place: &str, error: &InvalidEvent) {
+        for problem in &error.0 {
+            let field = if problem.field.is_empty() { String::new() } else { format!(" {}:", problem.field) };
+            self.line(&format!("{place}:{field} {}", problem.reason));
+        }
+    }
+}
+
+/// Validates one line; the event to publish or its problems.
+fn prepare(path: &Path, line: &RawLine, institutions: Institutions) -> Result<Outgoing, InvalidEvent> {
+    let event = event::parse(&line.bytes, institutions)?;
+    let infno = event.record.infno();
+    let routing_key =
+        if event.fixmedins_code.is_empty() { infno.to_string() } else { format!("{infno}.{}", event.fixmedins_code) };
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut message_id = format!("{name}:{}:{:016x}", line.number, fnv1a(&line.bytes));
+    if message_id.len() > 255 {
+        // A short string of AMQP: keep the line number and hash, which make it unique.
+        let tail = format!(":{}:{:016x}", line.number, fnv1a(&line.bytes));
+        message_id = format!("{}{tail}", truncate(&name, 255 - tail.len()));
+    }
+    Ok(Outgoing { place: format!("{}:{}", path.display(), line.number), routing_key, message_id, body: line.bytes.clone() })
+}
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// 64-bit FNV-1a: a stable hash (unlike std's) for message ids.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Publishes the files and prints the summary.
+pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
+    let config = load_config(args.config.as_deref())?;
+    let codes: Vec<&str> = config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect();
+    let institutions = if codes.is_empty() { Institutions::Any } else { Institutions::Known(&codes) };
+    let amqp = config.amqp.clone().unwrap_or_default();
+    let mut total_bytes = 0;
+    for path in &args.files {
+        total_bytes += std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    }
+    let progress = ProgressBar::new(total_bytes).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = Report { progress: progress.clone() };
+    let mut tally = Tally::default();
+
+    if args.strict {
+        for path in &args.files {
+            for line in RawLines::open(path).with_context(|| format!("cannot read {}", path.display()))? {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                tally.read += 1;
+                if let Err(problems) = prepare(path, &line, institutions) {
+                    tally.invalid += 1;
+                    report.problems(&format!("{}:{}", path.display(), line.number), &problems);
+                }
+            }
+        }
+        if tally.invalid > 0 {
+            progress.finish_and_clear();
+            println!("{} lines read: {} invalid; nothing was published (--strict)", tally.read, tally.invalid);
+            return Ok(EXIT_FAILED);
+        }
+        tally = Tally::default();
+    }
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(super::worker::cancel_on_signal(cancel.clone()));
+    let mut outbox = Outbox::open(&amqp, Duration::from_secs(args.max_retry_secs), cancel.clone()).await?;
+    let mut pace = Pace::new(args.rate);
+    let mut stopped: Option<(Stop, String)> = None;
+    let mut position = 0;
+    'files: for path in &args.files {
+        let mut lines = RawLines::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        while let Some(line) = lines.next() {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            progress.set_position(position + lines.consumed);
+            let place = format!("{}:{}", path.display(), line.number);
+            if cancel.is_cancelled() {
+                stopped = Some((Stop::Interrupted, place));
+                break 'files;
+            }
+            tally.read += 1;
+            let event = match prepare(path, &line, institutions) {
+                Ok(event) => event,
+                Err(problems) => {
+                    tally.invalid += 1;
+                    report.problems(&place, &problems);
+                    continue;
+                }
+            };
+            tokio::select! {
+                () = pace.wait() => {}
+                () = cancel.cancelled() => {
+                    stopped = Some((Stop::Interrupted, place));
+                    break 'files;
+                }
+            }
+            if let Err(stop) = outbox.publish(event, &mut tally).await {
+                stopped = Some((stop, place));
+                break 'files;
+            }
+            progress.set_message(format!("published {}, invalid {}", tally.published, tally.invalid));
+        }
+        position += lines.consumed;
+    }
+    // Interrupted between lines: what is in flight is still worth waiting for.
+    if matches!(stopped, None | Some((Stop::Interrupted, _)))
+        && let Err(stop) = outbox.flush(&mut tally).await
+    {
+        let place = stopped.take().map_or_else(|| "the end".to_owned(), |(_, place)| place);
+        stopped = Some((stop, place));
+    }
+    outbox.abandon(&mut tally, &report);
+    outbox.close().await;
+    progress.finish_and_clear();
+
+    if let Some((stop, place)) = &stopped {
+        println!("stopped at {place}: {stop}; lines from there on were not published");
+    }
+    let mut summary = format!(
+        "{} lines read: {} published, {} invalid, {} not published",
+        tally.read, tally.published, tally.invalid, tally.not_published
+    );
+    if tally.reconnects > 0 {
+        summary.push_str(&format!(
+            " ({} reconnects; {} unconfirmed messages were published again and may arrive twice)",
+            tally.reconnects, tally.resent
+        ));
+    }
+    println!("{summary}");
+    let complete = stopped.is_none() && tally.invalid == 0 && tally.not_published == 0;
+    Ok(if complete { EXIT_OK } else { EXIT_FAILED })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_stable_and_short() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(truncate("靖江", 4), "靖");
+    }
+
+    #[test]
+    fn lines_keep_their_bytes_and_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, b"\xef\xbb\xbf{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap();
+        let lines: Vec<RawLine> = RawLines::open(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].number, lines[0].bytes.as_slice()), (1, &b"{\"a\":1}"[..]));
+        assert_eq!((lines[1].number, lines[1].bytes.as_slice()), (4, &b"{\"b\":2}"[..]));
+    }
+
+    #[test]
+    fn rates_must_be_positive() {
+        assert!(parse_rate("2.5").is_ok());
+        assert!(parse_rate("0").is_err() && parse_rate("-1").is_err() && parse_rate("x").is_err());
+    }
+}
