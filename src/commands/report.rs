@@ -52,8 +52,6 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<u8> {
     settings.replay_from = beijing::parse(&format!("{from} 00:00:00")).unwrap_or(settings.replay_from);
     let log = StreamLog::open(&connection, &settings, report::Tally::new(from, to, args.institution.clone())).await?;
     let lines = log.read(report::Tally::lines)?;
-    drop(log);
-    let _ = connection.close(200, "done".into()).await;
 
     let mut out = std::io::stdout().lock();
     if args.csv {
