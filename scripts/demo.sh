@@ -26,6 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "RabbitMQ"
+command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 bash scripts/rabbitmq.sh start
 rabbitmqctl -q delete_vhost els-demo >/dev/null 2>&1 || true
 rabbitmqctl -q add_vhost els-demo
