@@ -140,6 +140,21 @@ impl Outcome {
         }
     }
 
+    /// A short stable name of the outcome's kind, e.g. for a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::TokenInvalid => "token_invalid",
+            Outcome::TokenStillValid => "token_still_valid",
+            Outcome::TooManyRows => "too_many_rows",
+            Outcome::Refused { .. } => "refused",
+            Outcome::DailyLimit => "daily_limit",
+            Outcome::Misconfigured { .. } => "misconfigured",
+            Outcome::Transient { .. } => "transient",
+        }
+    }
+
     /// Whether the records of the request are at the platform (1 or 17).
     pub fn is_accepted(&self) -> bool {
         matches!(self, Outcome::Accepted(_) | Outcome::Duplicate)

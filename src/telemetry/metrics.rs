@@ -328,7 +328,7 @@ impl UploadCall {
         metrics.upload_duration.record(self.started.elapsed().as_secs_f64(), &self.labels);
         metrics.batch_rows.record(rows as u64, &self.labels);
         let mut labels = self.labels.to_vec();
-        labels.push(KeyValue::new("outcome", outcome_label(outcome)));
+        labels.push(KeyValue::new("outcome", outcome.kind()));
         labels.push(KeyValue::new("return_code", return_code_label(outcome.return_code())));
         metrics.upload_calls.add(1, &labels);
     }
@@ -353,21 +353,6 @@ pub fn delivery_settled() {
 /// The broker session ended: whatever it held unacked goes back to the queue.
 pub fn session_ended() {
     UNSETTLED.store(0, Ordering::Relaxed);
-}
-
-/// The classified outcome as a label value.
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Accepted(_) => "accepted",
-        Outcome::Duplicate => "duplicate",
-        Outcome::TokenInvalid => "token_invalid",
-        Outcome::TokenStillValid => "token_still_valid",
-        Outcome::TooManyRows => "too_many_rows",
-        Outcome::Refused { .. } => "refused",
-        Outcome::DailyLimit => "daily_limit",
-        Outcome::Misconfigured { .. } => "misconfigured",
-        Outcome::Transient { .. } => "transient",
-    }
 }
 
 /// The returnCode as a label value, bounded to the codes the spec defines.
