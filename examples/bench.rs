@@ -115,6 +115,10 @@ struct Args {
     /// graphs) while they work; reports go to `--out` as `<process>.perf.txt`.
     #[arg(long)]
     perf: bool,
+    /// TOML appended to every worker's configuration, for experiments with sections the
+    /// driver does not write itself, e.g. `[ledger]` (a newline is `\n` in the shell's $'...').
+    #[arg(long, default_value = "")]
+    worker_extra: String,
     /// RUST_LOG of the worker processes.
     #[arg(long, default_value = "info")]
     worker_log: String,
@@ -206,15 +210,28 @@ impl CpuMeter {
     fn stop(&self) -> Value {
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
         let mut out = serde_json::Map::new();
+        let mut ours = 0.0;
         for ((name, pid), start) in self.pids.iter().zip(&self.start) {
-            out.insert(name.clone(), json!(round2((cpu_secs(*pid) - start) / secs)));
+            let used = (cpu_secs(*pid) - start) / secs;
+            ours += used;
+            out.insert(name.clone(), json!(round2(used)));
         }
         let (busy, total) = machine_ticks();
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-        let share = (busy - self.machine.0) / (total - self.machine.1).max(1.0);
-        out.insert("machine".into(), json!(round2(share * cores)));
+        let machine = (busy - self.machine.0) / (total - self.machine.1).max(1.0) * cores;
+        out.insert("machine".into(), json!(round2(machine)));
+        // What other processes (builds, tests of other people) took meanwhile; the broker
+        // also serves their vhosts, so its share is not all ours.
+        out.insert("others".into(), json!(round2((machine - ours).max(0.0))));
         Value::Object(out)
     }
+}
+
+/// `pids` plus this driver (publisher and minimal consumer).
+fn with_self(pids: &[(String, u32)]) -> Vec<(String, u32)> {
+    let mut all = pids.to_vec();
+    all.push(("driver".into(), std::process::id()));
+    all
 }
 
 fn round2(x: f64) -> f64 {
@@ -394,32 +411,112 @@ struct Drained {
     last_us: i64,
 }
 
-/// A minimal consumer: prefetch, consume, ack each delivery (or `multiple` every
-/// `ack_every`), until `count` deliveries.
-async fn drain_minimal(url: &str, prefetch: u16, count: u64, ack_every: u64) -> Result<Drained> {
+/// How the minimal consumer acks.
+#[derive(Debug, Clone, Copy)]
+enum Acks {
+    /// One ack per delivery, sent without waiting for the previous one (the broker's own
+    /// consume-and-ack rate: the physical limit).
+    EachPipelined,
+    /// One ack per delivery, each awaited before the next delivery is taken (what a loop of
+    /// `delivery.ack().await` gets: lapin hands every frame to its I/O thread).
+    EachAwaited,
+    /// `multiple` every n deliveries.
+    Multiple(u64),
+}
+
+/// A minimal consumer: prefetch, consume, ack as `acks` says, until `count` deliveries.
+async fn drain_minimal(url: &str, prefetch: u16, count: u64, acks: Acks) -> Result<Drained> {
     let connection = connect(url).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = channel.basic_consume(QUEUE.into(), "bench-minimal".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut pending = futures_util::stream::FuturesUnordered::new();
     let (mut first_us, mut seen) = (0, 0u64);
     while seen < count {
-        let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-            .await
-            .map_err(|_| anyhow!("no delivery for 60 s after {seen} of {count}"))?
-            .ok_or_else(|| anyhow!("the consumer ended"))??;
+        let next = tokio::select! {
+            Some(acked) = pending.next(), if !pending.is_empty() => {
+                let _: bool = acked?;
+                continue;
+            }
+            next = tokio::time::timeout(Duration::from_secs(60), consumer.next()) => next,
+        };
+        let delivery = next.map_err(|_| anyhow!("no delivery for 60 s after {seen} of {count}"))?.ok_or_else(|| anyhow!("the consumer ended"))??;
         if seen == 0 {
             first_us = now_us();
         }
         seen += 1;
-        if ack_every <= 1 {
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else if seen % ack_every == 0 || seen == count {
-            delivery.ack(BasicAckOptions { multiple: true }).await?;
+        match acks {
+            Acks::EachPipelined => {
+                let acker = delivery.acker.clone();
+                pending.push(async move { acker.ack(BasicAckOptions::default()).await.map_err(anyhow::Error::from) });
+            }
+            Acks::EachAwaited => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Acks::Multiple(n) => {
+                if seen % n == 0 || seen == count {
+                    delivery.ack(BasicAckOptions { multiple: true }).await?;
+                }
+            }
         }
+    }
+    while let Some(acked) = pending.next().await {
+        acked?;
     }
     let last_us = now_us();
     let _ = connection.close(200, "drained".into()).await;
     Ok(Drained { first_us, last_us })
+}
+
+/// A fold that ignores its entries: the probe only times appends.
+struct Ignore;
+
+impl els_bridge::broker::log::Fold for Ignore {
+    type Change = Value;
+    fn apply(&mut self, _change: Value) {}
+}
+
+/// Times appends to a stream log like the ledger's (publish with confirm, then wait until
+/// the own consumer has read the entry back): `sequential` one after another, then
+/// `parallel` appenders at once. Entries look like a 100-key claim. Returns JSON with
+/// p50/p99 in ms.
+async fn stream_append_round_trip(url: &str, sequential: usize, parallel: usize) -> Result<Value> {
+    use els_bridge::broker::log::{LogSettings, StreamLog};
+    let connection = connect(url).await?;
+    let settings = LogSettings { name: "bench.probe".into(), max_age: "1D".into(), replay_from: chrono::Utc::now() };
+    let log = Arc::new(StreamLog::open(&connection, &settings, Ignore).await?);
+    let entry = json!({"claim": {"id": "0123456789abcdef0123456789abcdef", "institution": INSTITUTIONS[0].0, "infno": "ELS7002",
+        "keys": (0..100).map(|i| json!([Events::key(i), 1])).collect::<Vec<_>>(), "at": "2026-11-25T00:00:00Z"}});
+    let summary = |mut ms: Vec<f64>| {
+        ms.sort_by(f64::total_cmp);
+        json!({"appends": ms.len(), "p50": round2(percentile(&ms, 50.0)), "p99": round2(percentile(&ms, 99.0))})
+    };
+    let mut one_by_one = Vec::new();
+    for _ in 0..sequential {
+        let t = Instant::now();
+        log.append(entry.clone()).await?;
+        one_by_one.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..parallel {
+        let (log, entry) = (Arc::clone(&log), entry.clone());
+        tasks.spawn(async move {
+            let mut ms = Vec::new();
+            for _ in 0..sequential / parallel.max(1) {
+                let t = Instant::now();
+                log.append(entry.clone()).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(ms)
+        });
+    }
+    let mut concurrent = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        concurrent.extend(done??);
+    }
+    drop(log);
+    let _ = connection.close(200, "probed".into()).await;
+    Ok(json!({ "one_at_a_time_ms": summary(one_by_one), format!("{parallel}_at_once_ms"): summary(concurrent), "entry_bytes": entry.to_string().len() }))
 }
 
 // --- processes ---------------------------------------------------------------------------
@@ -671,10 +768,11 @@ fn start_worker(args: &Args, dir: &Path, name: &str, amqp_url: &str, platform_ur
     let toml = format!(
         "[platform]\nurl = \"{platform_url}\"\n\n[amqp]\nurl = \"{amqp_url}\"\nprefetch = {prefetch}\n\n\
          [batch]\nlinger_ms = {linger}\nmax_in_flight_per_institution = {cap}\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ndrain_deadline_secs = 20\n{institutions}",
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ndrain_deadline_secs = 20\n\n{extra}\n{institutions}",
         prefetch = args.prefetch,
         linger = args.linger_ms,
         cap = args.cap,
+        extra = args.worker_extra,
         institutions = institutions_toml(),
     );
     std::fs::write(&config_path, toml)?;
@@ -684,6 +782,8 @@ fn start_worker(args: &Args, dir: &Path, name: &str, amqp_url: &str, platform_ur
         .arg(&config_path)
         .env("RUST_LOG", &args.worker_log)
         .env_remove("ELS_BRIDGE_CONFIG")
+        // Metrics on /metrics only: no OTLP export unless the caller's environment has one.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -719,6 +819,8 @@ async fn wait_consuming(amqp_url: &str, consumers: u32, workers: &mut [Proc]) ->
 struct Waited {
     /// Largest VmRSS seen per worker (KiB).
     rss_max_kib: Vec<u64>,
+    /// (records accepted, VmRSS of the first worker in MiB), every 2 s.
+    rss_series: Vec<(u64, f64)>,
 }
 
 /// Polls the simulator until `expected` distinct records were created; fails when nothing
@@ -726,15 +828,24 @@ struct Waited {
 async fn wait_accepted(sim: &Sim, expected: u64, workers: &[Proc], stall: Duration) -> Result<Waited> {
     let mut last = (0, Instant::now());
     let mut rss_max_kib = vec![0; workers.len()];
+    let mut rss_series = Vec::new();
     let mut tick = 0u64;
     loop {
         let counters = sim.counters().await?;
         for (max, worker) in rss_max_kib.iter_mut().zip(workers) {
             *max = (*max).max(status_kib(worker.pid(), "VmRSS:").unwrap_or(0));
         }
+        if tick % 8 == 0 || counters.records_created >= expected {
+            let rss = workers.first().and_then(|w| status_kib(w.pid(), "VmRSS:")).unwrap_or(0);
+            rss_series.push((counters.records_created, round2(rss as f64 / 1024.0)));
+        }
         if counters.records_created >= expected {
             eprintln!("\r  accepted {}/{expected}      ", counters.records_created);
-            return Ok(Waited { rss_max_kib });
+            let step = rss_series.len().div_ceil(40).max(1);
+            let last = rss_series.last().copied();
+            let mut rss_series: Vec<(u64, f64)> = rss_series.into_iter().step_by(step).collect();
+            rss_series.extend(last);
+            return Ok(Waited { rss_max_kib, rss_series });
         }
         if counters.records_created > last.0 {
             last = (counters.records_created, Instant::now());
@@ -931,48 +1042,55 @@ impl Bench {
         declare(&vhost.url).await?;
         let broker = broker_pid().map(|p| vec![("broker".to_owned(), p)]).unwrap_or_default();
 
-        let meter = CpuMeter::start(broker.clone());
+        let meter = CpuMeter::start(with_self(&broker));
         let load = loadavg();
         let published = publish(&vhost.url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
         let publish_cpu = meter.stop();
         self.note(format!("- publish with confirms (window {}): {:.0} msg/s (cpu {publish_cpu}, load {load})", self.args.confirm_window, published.rate()));
 
-        let meter = CpuMeter::start(broker.clone());
-        let load = loadavg();
-        let drained = drain_minimal(&vhost.url, prefetch, n, 1).await?;
-        let drain_rate = n as f64 / ((drained.last_us - drained.first_us) as f64 / 1e6);
-        let drain_cpu = meter.stop();
-        self.note(format!("- minimal consumer, ack each: {drain_rate:.0} msg/s (cpu {drain_cpu}, load {load})"));
+        let mut rates = serde_json::Map::new();
+        for (key, acks, what) in [
+            ("consume_ack_each_msg_s", Acks::EachPipelined, "minimal consumer, ack each (acks pipelined)"),
+            ("consume_ack_each_awaited_msg_s", Acks::EachAwaited, "minimal consumer, ack each, each ack awaited before the next delivery"),
+            ("consume_ack_multiple_100_msg_s", Acks::Multiple(100), "reference: ack `multiple` every 100"),
+        ] {
+            if !rates.is_empty() {
+                publish(&vhost.url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
+            }
+            let meter = CpuMeter::start(with_self(&broker));
+            let load = loadavg();
+            let drained = drain_minimal(&vhost.url, prefetch, n, acks).await?;
+            let rate = n as f64 / ((drained.last_us - drained.first_us) as f64 / 1e6);
+            let cpu = meter.stop();
+            self.note(format!("- {what}: {rate:.0} msg/s (cpu {cpu}, load {load})"));
+            rates.insert(key.into(), json!(rate.round()));
+            rates.insert(key.replace("_msg_s", "_cpu"), cpu);
+        }
 
-        publish(&vhost.url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
-        let meter = CpuMeter::start(broker.clone());
-        let multiple = drain_minimal(&vhost.url, prefetch, n, 100).await?;
-        let multiple_rate = n as f64 / ((multiple.last_us - multiple.first_us) as f64 / 1e6);
-        let multiple_cpu = meter.stop();
-        self.note(format!("- reference, ack multiple every 100: {multiple_rate:.0} msg/s (cpu {multiple_cpu})"));
-
-        let meter = CpuMeter::start(broker);
+        let meter = CpuMeter::start(with_self(&broker));
         let url = vhost.url.clone();
-        let consumer = tokio::spawn(async move { drain_minimal(&url, prefetch, n, 1).await });
+        let consumer = tokio::spawn(async move { drain_minimal(&url, prefetch, n, Acks::EachPipelined).await });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let concurrent_pub = publish(&vhost.url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
         let concurrent = consumer.await??;
         let concurrent_rate = n as f64 / ((concurrent.last_us - concurrent_pub.first_us) as f64 / 1e6);
         let concurrent_cpu = meter.stop();
         self.note(format!(
-            "- concurrent publish + minimal consume: {concurrent_rate:.0} msg/s end to end (publish alone {:.0} msg/s; cpu {concurrent_cpu})\n",
+            "- concurrent publish + minimal consume (acks pipelined): {concurrent_rate:.0} msg/s end to end (publish alone {:.0} msg/s; cpu {concurrent_cpu})",
             concurrent_pub.rate()
         ));
-        self.results.insert(
-            "1_physical".into(),
-            json!({
-                "events": n, "prefetch": prefetch,
-                "publish_confirms_msg_s": published.rate().round(), "publish_cpu": publish_cpu,
-                "consume_ack_each_msg_s": drain_rate.round(), "consume_cpu": drain_cpu,
-                "consume_ack_multiple_100_msg_s": multiple_rate.round(), "multiple_cpu": multiple_cpu,
-                "concurrent_publish_consume_msg_s": concurrent_rate.round(), "concurrent_cpu": concurrent_cpu,
-            }),
-        );
+        let probe = stream_append_round_trip(&vhost.url, 400, 8).await?;
+        self.note(format!("- ledger-like stream append (publish with confirm, read back by the own consumer): {probe}\n"));
+        let mut out = json!({
+            "stream_append": probe,
+            "events": n, "prefetch": prefetch,
+            "publish_confirms_msg_s": published.rate().round(), "publish_cpu": publish_cpu,
+            "concurrent_publish_consume_msg_s": concurrent_rate.round(), "concurrent_cpu": concurrent_cpu,
+        });
+        for (key, value) in rates {
+            out[key] = value;
+        }
+        self.results.insert("1_physical".into(), out);
         self.save()
     }
 
@@ -1012,7 +1130,7 @@ impl Bench {
         } else {
             Vec::new()
         };
-        let meter = CpuMeter::start(pids);
+        let meter = CpuMeter::start(with_self(&pids));
         let mut published = None;
         if let Some((count, rate)) = live {
             wait_consuming(&vhost.url, workers as u32, &mut procs).await?;
@@ -1038,6 +1156,18 @@ impl Bench {
         for proc in &mut procs {
             proc.stop(Duration::from_secs(40));
         }
+        // Another test on this machine may stop the broker (chaos tests): say so.
+        let logs: Vec<String> = procs.iter().map(|p| std::fs::read_to_string(&p.log).unwrap_or_default()).collect();
+        let reconnects: usize = logs.iter().map(|l| l.matches("broker connection lost").count()).sum();
+        let outages: usize = logs
+            .iter()
+            .map(|l| l.lines().filter(|x| x.contains("broker connection lost") && (x.contains("refused") || x.contains("reset") || x.contains("CONNECTION_FORCED"))).count())
+            .sum();
+        out["worker_reconnects"] = json!(reconnects);
+        out["broker_outages"] = json!(outages);
+        if outages > 0 {
+            eprintln!("  WARNING: the broker went away {outages} time(s) during this run (another test stopping it?): these figures are disturbed; run again");
+        }
         let dead = {
             let connection = connect(&vhost.url).await?;
             let channel = connection.create_channel().await?;
@@ -1051,9 +1181,19 @@ impl Bench {
         out["wall_s_from_worker_start"] = json!(round2((stats.last_accept_us - started_us) as f64 / 1e6));
         out["records_per_s_from_worker_start"] = json!((total as f64 / ((stats.last_accept_us - started_us) as f64 / 1e6)).round());
         out["fill"] = stats.fill_json();
+        if latency_ms > 0 {
+            // With every permit busy, each institution completes `cap × workers` batches per
+            // batch time: what a batch spends outside the platform call is the rest.
+            let wall_ms = (stats.last_accept_us - stats.first_us) as f64 / 1000.0;
+            let slots = (self.args.cap * workers * INSTITUTIONS.len()) as f64;
+            let batch_ms = slots * wall_ms / stats.uploads.max(1) as f64;
+            out["batch_time_ms_if_cap_saturated"] = json!(round2(batch_ms));
+            out["outside_platform_call_ms"] = json!(round2(batch_ms - rtt_ms));
+        }
         out["cpu_cores"] = cpu;
         out["worker_peak_rss_mib"] = json!(hwm.iter().map(|k| round2(*k as f64 / 1024.0)).collect::<Vec<_>>());
         out["worker_max_rss_seen_mib"] = json!(waited.rss_max_kib.iter().map(|k| round2(*k as f64 / 1024.0)).collect::<Vec<_>>());
+        out["worker_rss_mib_by_records_accepted"] = json!(waited.rss_series);
         out["rows_accepted_total"] = json!(counters.rows_accepted);
         out["records_updated"] = json!(counters.records_updated);
         out["dead_letters"] = json!(dead);
@@ -1220,6 +1360,24 @@ async fn main() -> Result<()> {
     let mut bench = Bench { dir: args.out.clone(), events: Events::new(), args: args.clone(), results: serde_json::Map::new(), summary: String::new() };
     bench.machine();
     bench.save()?;
+    let run = async {
+        run_all(&mut bench, &args).await?;
+        bench.results.insert("loadavg_at_end".into(), json!(loadavg()));
+        bench.save()
+    };
+    // On Ctrl-C or SIGTERM the scenario in progress is dropped: its processes are killed
+    // and its vhost deleted.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = run => result?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = terminate.recv() => bail!("terminated"),
+    }
+    eprintln!("results in {}", args.out.display());
+    Ok(())
+}
+
+async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
     for scenario in &args.scenarios {
         let t = Instant::now();
         let outcome = match scenario {
@@ -1242,8 +1400,5 @@ async fn main() -> Result<()> {
         eprintln!("(scenario {scenario} took {:.0} s)", t.elapsed().as_secs_f64());
         bench.save()?;
     }
-    bench.results.insert("loadavg_at_end".into(), json!(loadavg()));
-    bench.save()?;
-    eprintln!("results in {}", args.out.display());
     Ok(())
 }
