@@ -29,20 +29,23 @@ fn events(code: &str, tag: &str, count: usize) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_for_records(sim: &TestSimulator, count: usize, timeout: Duration) {
+/// Waits until the simulator holds `count` records; on timeout, fails with the workers' logs.
+async fn wait_for_records(sim: &TestSimulator, count: usize, timeout: Duration, workers: &[&WorkerProcess]) {
     let deadline = Instant::now() + timeout;
     loop {
         let total = sim.records(&RecordFilter::default()).await.total;
         if total == count {
             return;
         }
-        assert!(Instant::now() < deadline, "the simulator holds {total} records, expected {count}");
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = workers.iter().map(|w| w.logs()).collect();
+            panic!("the simulator holds {total} records, expected {count}; the workers logged:\n{}", logs.join("\n----\n"));
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent: after the broker restart the workers sometimes upload nothing for minutes (issue 3 stays open until fixed)"]
 async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
     let _alone = exclusive();
     let sim = TestSimulator::builder().institutions(1).start();
@@ -69,7 +72,7 @@ async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
     // A worker killed while it holds deliveries, and started again.
     first.kill();
     amqp.publish(&events(&code, "C", 300)).await;
-    let _first_again = WorkerProcess::start(&config, "worker-1b");
+    let first_again = WorkerProcess::start(&config, "worker-1b");
 
     // The broker application stopped and started under the workers' feet.
     let outage = broker_outage();
@@ -78,7 +81,7 @@ async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
     let amqp = Amqp::connect(vhost.url()).await;
     amqp.publish(&events(&code, "D", 300)).await;
 
-    wait_for_records(&sim, 1400, Duration::from_secs(240)).await;
+    wait_for_records(&sim, 1400, Duration::from_secs(240), &[&first_again, &second]).await;
     vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(60));
     assert_eq!(amqp.take_all("els.dead").await.len(), 0, "nothing is dead-lettered");
     let calls = sim.calls(&CallFilter::default()).await;
@@ -118,7 +121,8 @@ async fn the_fleet_shares_one_token_per_institution_through_short_token_lifetime
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_for_records(&sim, published, Duration::from_secs(120)).await;
+    let everyone: Vec<&WorkerProcess> = workers.iter().chain(late_worker.as_ref()).collect();
+    wait_for_records(&sim, published, Duration::from_secs(120), &everyone).await;
     vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(60));
     assert_eq!(amqp.take_all("els.dead").await.len(), 0);
 

@@ -8,22 +8,21 @@
 //! a crashed replica frees its slot by itself.
 //!
 //! To find a free slot without tripping over the others, each candidate is first probed
-//! with a mandatory, immediately expiring message to the default exchange: a queue that
-//! exists takes it (slot taken, also when this very connection holds it, so two claims on
-//! one connection get distinct slots); a returned probe means no such queue. Only then is the
-//! queue declared; should another connection win the race in between, the broker refuses
+//! ([`super::presence`]): a queue that exists takes the probe (slot taken, also when this
+//! very connection holds it, so two claims on one connection get distinct slots); a
+//! returned probe means no such queue. Only then is the queue declared; should another connection win the race in between, the broker refuses
 //! with RESOURCE_LOCKED (405), which closes that channel, and the search goes on with a
 //! fresh channel.
 //!
 //! When the connection is lost the slot may go to another process: stop numbering with it,
 //! and claim again (maybe a different slot) on the new connection before sending.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ErrorKind};
+use lapin::types::ShortString;
+use lapin::{Connection, ErrorKind};
 
 use super::BrokerError;
+use super::presence::{declare_exclusive, probe_channel, queue_exists};
 use crate::platform::envelope::MSGID_SLOTS;
 
 /// The queue that holds msgid slot `slot` for `prefix`.
@@ -37,13 +36,10 @@ pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u
     let mut channel = probe_channel(connection).await?;
     for slot in 0..MSGID_SLOTS {
         let queue = slot_queue_name(prefix, slot);
-        if exists(&channel, &queue).await? {
+        if queue_exists(&channel, &queue).await? {
             continue;
         }
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-        let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
-        match channel.queue_declare(queue.as_str().into(), exclusive, arguments).await {
+        match declare_exclusive(&channel, &queue).await {
             Ok(_) => {
                 // The queue belongs to the connection; the channel is no longer needed.
                 let _ = channel.close(200, "OK".into()).await;
@@ -59,26 +55,6 @@ pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u
     let message = format!("all {MSGID_SLOTS} msgid slots ({}) are held by other connections", slot_queue_name(prefix, 0));
     let error = AMQPError::new(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED), ShortString::from(message));
     Err(BrokerError::Amqp(ErrorKind::ProtocolError(error).into()))
-}
-
-async fn probe_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(channel)
-}
-
-/// Whether a queue named `queue` exists (in any connection's hands), found without an
-/// error that would close the channel: a mandatory message that no queue takes comes back.
-/// The probe expires at once in a queue that takes it.
-async fn exists(channel: &Channel, queue: &str) -> Result<bool, BrokerError> {
-    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-    let properties = BasicProperties::default().with_expiration("0".into());
-    let confirmation =
-        channel.basic_publish(ShortString::from(""), queue.into(), options, b"", properties).await?.await?;
-    if !confirmation.is_ack() {
-        return Err(BrokerError::Nacked);
-    }
-    Ok(confirmation.take_message().is_none())
 }
 
 fn is_resource_locked(error: &lapin::Error) -> bool {

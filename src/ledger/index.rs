@@ -24,7 +24,15 @@ use crate::spec::Infno;
 struct ActiveClaim {
     seq: u64,
     at: DateTime<Utc>,
+    holder: Option<String>,
     keys: Vec<(u64, Option<u64>)>,
+}
+
+/// A claim that must wait: earlier claims on some of its keys are in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The holders of those earlier claims (claims written without one are left out).
+    pub holders: Vec<String>,
 }
 
 /// The newest uploaded versions and the claims in force; see the module documentation.
@@ -77,14 +85,17 @@ impl Index {
         matches!((version, self.uploaded.get(&id)), (Some(mine), Some(uploaded)) if mine < *uploaded)
     }
 
-    /// The turn of each of the `keys` keys of the claim `id`, or `None` while an earlier
-    /// claim on one of its keys is still in force.
-    pub fn turns(&self, id: &str, keys: usize) -> Option<Vec<Turn>> {
+    /// The turn of each of the `keys` keys of the claim `id`, or what blocks it while an
+    /// earlier claim on one of its keys is still in force. Claims of holders that `gone`
+    /// says are gone (their connection died) or older than [`CLAIM_TTL`] hold nothing up.
+    pub fn turns(&self, id: &str, keys: usize, gone: impl Fn(&str) -> bool) -> Result<Vec<Turn>, Blocked> {
         let Some(mine) = self.claims.get(id) else {
             // Our own claim is gone only when it expired after waiting that long: go.
-            return Some(vec![Turn::Go; keys]);
+            return Ok(vec![Turn::Go; keys]);
         };
         let now = Utc::now();
+        let mut holders: Vec<String> = Vec::new();
+        let mut blocked = false;
         let mut turns = Vec::with_capacity(mine.keys.len());
         for (key, version) in &mine.keys {
             if self.stale(*key, *version) {
@@ -97,31 +108,38 @@ impl Index {
                     break;
                 }
                 let Some(earlier) = self.claims.get(other) else { continue };
-                if now.signed_duration_since(earlier.at).to_std().unwrap_or_default() > CLAIM_TTL {
+                if now.signed_duration_since(earlier.at).to_std().unwrap_or_default() > CLAIM_TTL
+                    || earlier.holder.as_deref().is_some_and(&gone)
+                {
                     continue;
                 }
                 let earlier_version = earlier.keys.iter().find(|(k, _)| k == key).and_then(|(_, v)| *v);
                 match (earlier_version, *version) {
                     (Some(theirs), Some(ours)) if theirs > ours => turn = Turn::Superseded,
-                    _ => return None,
+                    _ => {
+                        if let Some(holder) = earlier.holder.as_ref().filter(|h| !holders.contains(h)) {
+                            holders.push(holder.clone());
+                        }
+                        blocked = true;
+                    }
                 }
             }
             turns.push(turn);
         }
-        Some(turns)
+        if blocked { Err(Blocked { holders }) } else { Ok(turns) }
     }
 
     /// Applies one ledger entry.
     pub fn apply(&mut self, entry: Entry) {
         self.seq += 1;
         match entry {
-            Entry::Claim(Claim { id, institution, infno, keys, at }) => {
+            Entry::Claim(Claim { id, institution, infno, keys, at, holder }) => {
                 self.drop_expired_claims();
                 let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, k), *v)).collect();
                 for (key, _) in &keys {
                     self.claimed.entry(*key).or_default().push((self.seq, id.clone()));
                 }
-                self.claims.insert(id, ActiveClaim { seq: self.seq, at, keys });
+                self.claims.insert(id, ActiveClaim { seq: self.seq, at, holder, keys });
             }
             Entry::Receipt(receipt) => {
                 for row in &receipt.rows {
@@ -183,13 +201,22 @@ mod tests {
     use rust_decimal::Decimal;
 
     fn claim(id: &str, keys: &[(&str, Option<u64>)]) -> Entry {
+        claim_of(Some("w1"), id, keys)
+    }
+
+    fn claim_of(holder: Option<&str>, id: &str, keys: &[(&str, Option<u64>)]) -> Entry {
         Entry::Claim(Claim {
             id: id.into(),
             institution: "H1".into(),
             infno: Infno::Els7002,
             keys: keys.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             at: Utc::now(),
+            holder: holder.map(str::to_owned),
         })
+    }
+
+    fn no_one_gone(_: &str) -> bool {
+        false
     }
 
     fn receipt(key: &str, version: Option<u64>) -> Entry {
@@ -222,17 +249,37 @@ mod tests {
         index.apply(claim("a", &[("k", Some(1)), ("j", None)]));
         index.apply(claim("b", &[("k", Some(2))]));
         index.apply(claim("c", &[("x", Some(1))]));
-        assert_eq!(index.turns("a", 2), Some(vec![Turn::Go, Turn::Go]));
-        assert_eq!(index.turns("b", 1), None, "b waits for a");
-        assert_eq!(index.turns("c", 1), Some(vec![Turn::Go]), "other keys are not held up");
+        assert_eq!(index.turns("a", 2, no_one_gone), Ok(vec![Turn::Go, Turn::Go]));
+        assert_eq!(index.turns("b", 1, no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "b waits for a");
+        assert_eq!(index.turns("c", 1, no_one_gone), Ok(vec![Turn::Go]), "other keys are not held up");
         index.apply(receipt("k", Some(1)));
         index.apply(Entry::Release { claim: "a".into() });
-        assert_eq!(index.turns("b", 1), Some(vec![Turn::Go]));
+        assert_eq!(index.turns("b", 1, no_one_gone), Ok(vec![Turn::Go]));
 
         index.apply(claim("d", &[("k", Some(9))]));
         index.apply(claim("e", &[("k", Some(3))]));
         index.apply(Entry::Release { claim: "b".into() });
-        assert_eq!(index.turns("e", 1), Some(vec![Turn::Superseded]), "a newer version was claimed first");
+        assert_eq!(index.turns("e", 1, no_one_gone), Ok(vec![Turn::Superseded]), "a newer version was claimed first");
+    }
+
+    #[test]
+    fn claims_of_a_holder_that_is_gone_hold_nothing_up() {
+        let mut index = Index::new(10);
+        index.apply(claim_of(Some("dead"), "a", &[("k", Some(1))]));
+        index.apply(claim_of(Some("alive"), "b", &[("j", Some(1))]));
+        index.apply(claim_of(None, "c", &[("l", Some(1))]));
+        index.apply(claim_of(Some("w2"), "d", &[("k", Some(2)), ("j", Some(2)), ("l", Some(2))]));
+        let gone = |holder: &str| holder == "dead";
+        assert_eq!(
+            index.turns("d", 3, no_one_gone),
+            Err(Blocked { holders: vec!["dead".into(), "alive".into()] }),
+            "every holder in the way is named once; a claim without a holder cannot be probed"
+        );
+        assert_eq!(index.turns("d", 3, gone), Err(Blocked { holders: vec!["alive".into()] }));
+        index.apply(Entry::Release { claim: "b".into() });
+        index.apply(Entry::Release { claim: "c".into() });
+        assert_eq!(index.turns("d", 3, gone), Ok(vec![Turn::Go; 3]), "the dead holder's claim is skipped");
+        assert!(index.turns("d", 3, no_one_gone).is_err(), "until known to be gone it holds k");
     }
 
     #[test]

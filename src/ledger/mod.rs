@@ -12,14 +12,19 @@
 //!      orders all claims of the fleet;
 //!   3. for each key, an earlier claim of a *higher* version makes this row superseded (the
 //!      newer one is on its way); an earlier claim of a lower, equal or unknown version
-//!      makes this batch wait until that claim is released (its upload finished) or has
-//!      expired (after [`CLAIM_TTL`], when its holder died);
+//!      makes this batch wait until that claim is released (its upload finished), its
+//!      holder is gone, or it has expired (after [`CLAIM_TTL`]). Each claim names its
+//!      **holder**: an exclusive queue `<prefix>.ledger.holder.<nonce>` of the claiming
+//!      connection, which the broker deletes when that connection closes or dies (killed
+//!      process, lost network, restarted node; see [`crate::broker::presence`]). A batch
+//!      that has waited [`PROBE_AFTER`] asks the broker whether the holders in its way still
+//!      exist; the claims of a holder that is gone hold nothing up any more;
 //!   4. after the upload, the worker appends a `receipt` for the accepted rows *before*
 //!      acking them, then a `release` of the claim.
 //!
 //!   So two versions of a key are never uploaded at the same time by two replicas, and the
-//!   later claim sees the earlier one's receipt. What remains possible: a holder that dies
-//!   mid-upload blocks its keys for [`CLAIM_TTL`]; an upload whose answer was lost to a
+//!   later claim sees the earlier one's receipt. What remains possible: a holder stuck
+//!   mid-upload with its connection alive blocks its keys for [`CLAIM_TTL`]; an upload whose answer was lost to a
 //!   timeout may, in theory, be applied by the platform after a later one (the platform
 //!   gives no way to know); events without `version` are ordered by claim order, i.e.
 //!   roughly by delivery, which is all "the later delivery wins" can promise; keys older
@@ -29,21 +34,25 @@
 //!   quantity, price and movement time.
 //!
 //! Entries (`change` of a log entry):
-//! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at"}}`,
+//! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder"}}`,
 //! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time"}]}}`,
 //! `{"release": {"claim"}}`.
 
 pub mod index;
 pub mod report;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::broker::BrokerError;
 use crate::broker::log::{Fold, LogError, LogSettings, StreamLog, nonce};
+use crate::broker::presence;
 use crate::config::{Institution, LedgerSettings};
 use crate::platform::Outcome;
 use crate::spec::{Infno, Record};
@@ -51,9 +60,12 @@ use crate::upload::{Row, Settled, Uploader};
 
 pub use index::Index;
 
-/// A claim whose holder neither released it nor renewed it within this long is treated as
-/// abandoned (its holder died).
+/// A claim not released within this long is treated as abandoned, even if its holder's
+/// connection is alive (or the claim names no holder).
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
+/// How long a batch waits on earlier claims before (and between) asking the broker whether
+/// their holders still exist; an upload normally ends well within it.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// How often a waiting batch looks at the index again.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
@@ -96,6 +108,9 @@ pub struct Claim {
     pub keys: Vec<(String, Option<u64>)>,
     /// When it was claimed.
     pub at: DateTime<Utc>,
+    /// The claiming connection's holder queue (absent in claims of older releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// What the platform accepted in one call.
@@ -171,17 +186,50 @@ pub struct Claimed<T> {
     pub settled: Vec<Settled<T>>,
 }
 
+/// The name of a holder queue for `prefix`.
+pub fn holder_queue_name(prefix: &str) -> String {
+    format!("{prefix}.ledger.holder.{}", nonce())
+}
+
 /// The worker's handle on the ledger.
 pub struct Ledger {
     log: StreamLog<Index>,
+    /// This connection's holder queue, named in its claims.
+    holder: String,
+    /// A confirm-mode channel probing the holders of other claims.
+    probe: Channel,
+    /// Holders found gone, with when: their claims hold nothing up. Pruned after
+    /// [`CLAIM_TTL`], when their claims have expired anyway.
+    gone: Mutex<HashMap<String, Instant>>,
 }
 
 impl Ledger {
-    /// Opens the ledger on `connection` and indexes its last `index_days`.
+    /// Opens the ledger on `connection`, indexes its last `index_days`, and declares this
+    /// connection's holder queue.
     pub async fn open(connection: &Connection, prefix: &str, settings: &LedgerSettings) -> Result<Self, LogError> {
         let log_settings = log_settings(prefix, settings, settings.index_days);
         let log = StreamLog::open(connection, &log_settings, Index::new(settings.max_index_keys)).await?;
-        Ok(Ledger { log })
+        let probe = presence::probe_channel(connection).await?;
+        let holder = holder_queue_name(prefix);
+        presence::declare_exclusive(&probe, &holder).await.map_err(BrokerError::from)?;
+        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()) })
+    }
+
+    fn gone(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.gone.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks the broker whether `holders` still exist and remembers those that do not.
+    async fn probe(&self, holders: &[String]) -> Result<(), LogError> {
+        for holder in holders {
+            if !presence::queue_exists(&self.probe, holder).await? {
+                tracing::info!(%holder, "an earlier claim's holder is gone (its connection closed); its keys are free");
+                let mut gone = self.gone();
+                gone.retain(|_, since| since.elapsed() < CLAIM_TTL);
+                gone.insert(holder.clone(), Instant::now());
+            }
+        }
+        Ok(())
     }
 
     /// Whether `version` of the key is older than what was uploaded.
@@ -194,12 +242,22 @@ impl Ledger {
     pub async fn claim(&self, institution: &str, infno: Infno, keys: Vec<(String, Option<u64>)>) -> Result<(String, Vec<Turn>), LogError> {
         let id = nonce();
         let count = keys.len();
-        let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now() };
+        let holder = Some(self.holder.clone());
+        let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder };
         self.log.append(Entry::Claim(claim)).await?;
+        let mut next_probe = Instant::now() + PROBE_AFTER;
         loop {
-            match self.log.read(|index| index.turns(&id, count))? {
-                Some(turns) => return Ok((id, turns)),
-                None => tokio::time::sleep(WAIT_POLL).await,
+            let turns = self.log.read(|index| {
+                let gone = self.gone();
+                index.turns(&id, count, |holder| gone.contains_key(holder))
+            })?;
+            match turns {
+                Ok(turns) => return Ok((id, turns)),
+                Err(blocked) if Instant::now() >= next_probe => {
+                    self.probe(&blocked.holders).await?;
+                    next_probe = Instant::now() + PROBE_AFTER;
+                }
+                Err(_) => tokio::time::sleep(WAIT_POLL).await,
             }
         }
     }
