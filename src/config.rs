@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::spec::Infno;
+
 /// Prefix of the environment variables that override configuration keys.
 const ENV_PREFIX: &str = "ELS_BRIDGE__";
 const ENV_INSTITUTIONS: &str = "ELS_BRIDGE__INSTITUTIONS__";
@@ -70,9 +72,10 @@ pub struct AmqpSettings {
     /// `amqp://` or `amqps://` URL; may hold the password, so it is kept secret.
     #[serde(default = "default_amqp_url")]
     pub url: SecretString,
-    /// Unacknowledged deliveries a worker may hold.
-    #[serde(default = "default_prefetch")]
-    pub prefetch: u16,
+    /// Unacknowledged deliveries a worker may hold; unset, sized from the configuration
+    /// ([`Config::worker_prefetch`]).
+    #[serde(default)]
+    pub prefetch: Option<u16>,
     /// A private CA for `amqps://`.
     pub ca_file: Option<PathBuf>,
     /// The topic exchange events are published to.
@@ -93,7 +96,7 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         AmqpSettings {
             url: default_amqp_url(),
-            prefetch: default_prefetch(),
+            prefetch: None,
             ca_file: None,
             exchange: default_events(),
             queue: default_events(),
@@ -115,9 +118,6 @@ fn default_name_prefix() -> String {
 
 fn default_amqp_url() -> SecretString {
     SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-fn default_prefetch() -> u16 {
-    1000
 }
 
 /// How decimals are written in upload rows.
@@ -245,7 +245,7 @@ pub struct LedgerSettings {
 
 impl Default for LedgerSettings {
     fn default() -> Self {
-        LedgerSettings { retention_days: 400, index_days: 35, max_index_keys: 1_000_000 }
+        LedgerSettings { retention_days: 400, index_days: 35, max_index_keys: 250_000 }
     }
 }
 
@@ -509,6 +509,21 @@ impl Config {
     pub fn institution(&self, code: &str) -> Option<&Institution> {
         self.institutions.iter().find(|i| i.fixmedins_code == code)
     }
+
+    /// The prefetch that lets every lane fill its calls: a full batch waiting in each of
+    /// the six lanes of every institution, plus the batches in flight,
+    /// institutions × (6 + `batch.max_in_flight_per_institution`) × `batch.max_records`
+    /// (1 000 for one institution with the defaults), within 100..=65 535.
+    pub fn lanes_prefetch(&self) -> u16 {
+        let lanes = Infno::UPLOADS.len() + self.batch.max_in_flight_per_institution;
+        let wanted = self.institutions.len().max(1).saturating_mul(lanes).saturating_mul(self.batch.max_records);
+        u16::try_from(wanted.max(100)).unwrap_or(u16::MAX)
+    }
+
+    /// The worker's prefetch: `amqp.prefetch` if set, else [`Config::lanes_prefetch`].
+    pub fn worker_prefetch(&self) -> u16 {
+        self.amqp.as_ref().and_then(|a| a.prefetch).unwrap_or_else(|| self.lanes_prefetch())
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +563,16 @@ mod tests {
         assert_eq!(c.platform.token_refresh_lead_secs, 240);
         assert!(c.amqp.is_none());
         assert_eq!(c.institutions[0].dev_no, "");
+    }
+
+    #[test]
+    fn the_prefetch_is_sized_for_the_lanes_unless_set() {
+        let c = Config::from_toml(TOML, env(&[])).unwrap();
+        assert_eq!(c.worker_prefetch(), 1000, "one institution: (6 lanes + 4 in flight) × 100");
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__BATCH__MAX_IN_FLIGHT_PER_INSTITUTION", "2")])).unwrap();
+        assert_eq!(c.worker_prefetch(), 800);
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__PREFETCH", "50")])).unwrap();
+        assert_eq!((c.worker_prefetch(), c.lanes_prefetch()), (50, 1000));
     }
 
     #[test]

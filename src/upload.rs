@@ -6,6 +6,10 @@
 //! What to do about failures that are not about the data (retry later, hold the
 //! institution) is the caller's decision: those rows come back [`Settled::Unsettled`].
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::Institution;
@@ -24,6 +28,7 @@ pub struct Row<T> {
 
 /// What became of the rows of a batch.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "a handful per batch, short-lived; boxing the row buys nothing")]
 pub enum Settled<T> {
     /// At the platform with the call's msgid and returnCode (1, or 17 for a duplicate).
     Accepted { rows: Vec<Row<T>>, msgid: String, return_code: u32 },
@@ -39,12 +44,37 @@ pub enum Settled<T> {
 pub struct Uploader {
     client: PlatformClient,
     tokens: Tokens,
+    cap: Option<InFlightCap>,
+}
+
+/// A cap on the platform calls in flight per institution, shared by every clone of an
+/// [`Uploader`]. Only the calls count (token, request, resend on code 5): a batch holds a
+/// permit while it talks to the platform, not while it waits for the ledger or settles.
+#[derive(Clone)]
+struct InFlightCap {
+    per_institution: usize,
+    permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl InFlightCap {
+    fn of(&self, institution: &str) -> Arc<Semaphore> {
+        let mut permits = self.permits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(permits.entry(institution.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_institution))))
+    }
 }
 
 impl Uploader {
-    /// An uploader sending with `client` and tokens from `tokens`.
+    /// An uploader sending with `client` and tokens from `tokens`, without a cap on calls
+    /// in flight.
     pub fn new(client: PlatformClient, tokens: Tokens) -> Self {
-        Uploader { client, tokens }
+        Uploader { client, tokens, cap: None }
+    }
+
+    /// The same, with at most `per_institution` calls in flight per institution over all
+    /// clones (`batch.max_in_flight_per_institution`).
+    pub fn with_cap(self, per_institution: usize) -> Self {
+        let cap = InFlightCap { per_institution: per_institution.max(1), permits: Arc::default() };
+        Uploader { cap: Some(cap), ..self }
     }
 
     /// Uploads `rows` (one institution, one infno, at most 100), splitting and bisecting as
@@ -99,7 +129,13 @@ impl Uploader {
             return_code = tracing::field::Empty,
         );
         crate::telemetry::trace::adopt(&span);
+        let cap = self.cap.as_ref().map(|cap| cap.of(&institution.fixmedins_code));
         async {
+            // The semaphore is never closed; without a permit there would be no cap.
+            let _permit = match &cap {
+                Some(cap) => cap.acquire().await.ok(),
+                None => None,
+            };
             let mut call = None;
             for _ in 0..2 {
                 let token = match self.tokens.get(institution).await {

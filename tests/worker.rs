@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
@@ -226,6 +226,38 @@ async fn sigterm_flushes_open_batches_and_settles_before_exiting() {
     }
     let calls = sim.calls(&CallFilter { infno: Some("ELS7002".into()), ..Default::default() }).await;
     assert_eq!(calls.calls.len(), 1, "one call per lane: the open batch was flushed whole");
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holding_its_whole_prefetch_sends_its_fullest_lane_without_waiting_for_the_linger() {
+    let World { sim, vhost, amqp } = World::new("prefetch-bound", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    // 30 events per lane, a prefetch of 60: no lane can ever fill a call, and the linger is
+    // ten minutes. Without flushing under prefetch pressure nothing would move before it.
+    let (events, expected) = first_wave(&[&code], 30);
+    amqp.publish(&events).await;
+    let config = worker_config(&sim, &vhost, 600_000);
+    let text = std::fs::read_to_string(&config).unwrap().replace("prefetch = 500", "prefetch = 60");
+    std::fs::write(&config, text).unwrap();
+    let mut worker = WorkerProcess::start(&config, "worker");
+    // Once the queue is empty the worker holds fewer than its prefetch, and the last records
+    // rightly wait for the linger; every record before them must go out under pressure.
+    let under_pressure = events.len() - 60;
+    let started = Instant::now();
+    loop {
+        let stored = sim.records(&RecordFilter::default()).await.total;
+        if stored >= under_pressure {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{stored} of {under_pressure} records sent; the worker waits for the linger:\n{}", worker.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The rest goes out when the worker drains at SIGTERM: nothing is lost.
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
+    wait_until_stored(&sim, &expected, Duration::from_secs(5)).await;
+    let calls = sim.calls(&CallFilter::default()).await.calls;
+    assert!(calls.iter().all(|c| c.rows <= 60), "a call never carries more than the prefetch");
     amqp.close().await;
 }
 

@@ -60,6 +60,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     // Fail early on a bad platform configuration (CA file, ...).
     PlatformClient::new(&config.platform, Arc::new(MsgIds::new(0)))?;
     let amqp = config.amqp.clone().unwrap_or_default();
+    if let Some(prefetch) = amqp.prefetch.filter(|p| *p < config.lanes_prefetch()) {
+        tracing::warn!(
+            "amqp.prefetch = {prefetch} is below the {} deliveries that {} institution(s) need to fill their calls \
+             (institutions × (6 lanes + batch.max_in_flight_per_institution) × batch.max_records): \
+             calls will carry fewer rows than they could; raise it or leave it unset to have it sized",
+            config.lanes_prefetch(),
+            config.institutions.len()
+        );
+    }
     let backoff = Backoff::new(&config.retry);
     let holds = Holds::new(backoff);
     let health = Health::new(holds.clone());
@@ -145,7 +154,9 @@ async fn run_connected(
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
 
     let on_consuming = |consuming: bool| health.set_consuming(consuming);
-    let pipeline = Pipeline { uploader: Uploader::new(client, tokens), settler, holds: holds.clone(), ledger: Arc::new(ledger) };
+    let pipeline = Pipeline {
+        uploader: Uploader::new(client, tokens).with_cap(config.batch.max_in_flight_per_institution),
+        settler, holds: holds.clone(), ledger: Arc::new(ledger) };
     let session = Session { config, amqp, pipeline, on_consuming: &on_consuming };
     session.run(connection, shutdown).await
 }

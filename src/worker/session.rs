@@ -4,8 +4,6 @@
 //! unsettled delivery is redelivered by the broker) or, after a shutdown request, when
 //! everything taken is settled or the drain deadline has passed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -13,7 +11,6 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -45,30 +42,35 @@ pub struct Session<'a> {
     pub on_consuming: &'a (dyn Fn(bool) + Sync),
 }
 
-/// What an upload task reports back when its deliveries are settled.
-type Done = Option<(LaneKey, Vec<String>)>;
+/// What a task reports back when its deliveries are settled.
+struct Done {
+    /// How many deliveries it settled.
+    deliveries: usize,
+    /// For a batch: its lane and keys, which may go into calls again.
+    keys: Option<(LaneKey, Vec<String>)>,
+}
 
 impl Session<'_> {
     /// Consumes until the connection is lost (an error) or `shutdown` is cancelled and the
     /// drain is over.
     pub async fn run(self, connection: &Connection, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
+        let prefetch = self.config.worker_prefetch();
         let channel = connection.create_channel().await?;
-        channel.basic_qos(self.amqp.prefetch, BasicQosOptions::default()).await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let queue = self.amqp.queue.as_str();
         let mut consumer = channel
             .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         let consumer_tag = consumer.tag();
         (self.on_consuming)(true);
-        tracing::info!(queue, "consuming");
+        tracing::info!(queue, prefetch, "consuming");
 
         let codes: Vec<&str> = self.config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect();
-        let per_institution: HashMap<&str, Arc<Semaphore>> = codes
-            .iter()
-            .map(|code| (*code, Arc::new(Semaphore::new(self.config.batch.max_in_flight_per_institution))))
-            .collect();
         let mut lanes: Lanes<Delivery> = Lanes::new(self.config.batch.max_records, Duration::from_millis(self.config.batch.linger_ms));
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        // Deliveries taken and not yet settled. At `prefetch` the broker sends no more until
+        // some are settled, so a lane waiting for its linger would only waste time.
+        let mut held: usize = 0;
         let mut drain_deadline: Option<Instant> = None;
         // After the consumer is cancelled, deliveries the broker sent before the cancel
         // still arrive; the consumer ends after them.
@@ -78,10 +80,18 @@ impl Session<'_> {
             let draining = drain_deadline.is_some();
             if draining {
                 for batch in lanes.due(Instant::now(), true) {
-                    self.dispatch(&mut tasks, &per_institution, batch);
+                    self.dispatch(&mut tasks, batch);
                 }
                 if !consumer_open && lanes.is_empty() && tasks.is_empty() {
                     break Ok(SessionEnd::Drained);
+                }
+            } else if held >= usize::from(prefetch) {
+                // Nothing more comes until something is settled: rather than wait for the
+                // linger, send the fullest lane — at once if nothing is in flight (else
+                // the session would stall), otherwise if it holds half a call or more.
+                let min_rows = if tasks.is_empty() { 1 } else { self.config.batch.max_records.div_ceil(2) };
+                if let Some(batch) = lanes.fullest(min_rows) {
+                    self.dispatch(&mut tasks, batch);
                 }
             }
             let next_flush = lanes.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -100,8 +110,9 @@ impl Session<'_> {
                 delivery = consumer.next(), if consumer_open => match delivery {
                     Some(Ok(delivery)) => {
                         crate::telemetry::metrics::delivery_taken();
+                        held += 1;
                         if let Some(batch) = self.intake(&mut tasks, &mut lanes, &codes, delivery) {
-                            self.dispatch(&mut tasks, &per_institution, batch);
+                            self.dispatch(&mut tasks, batch);
                         }
                     }
                     Some(Err(error)) => break Err(error.into()),
@@ -110,12 +121,16 @@ impl Session<'_> {
                 },
                 () = tokio::time::sleep_until(next_flush.into()) => {
                     for batch in lanes.due(Instant::now(), false) {
-                        self.dispatch(&mut tasks, &per_institution, batch);
+                        self.dispatch(&mut tasks, batch);
                     }
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(Some((lane, keys))) = done {
-                        lanes.settled(&lane, keys);
+                    // A task that panicked settled nothing: its deliveries stay unacked.
+                    if let Ok(done) = done {
+                        held = held.saturating_sub(done.deliveries);
+                        if let Some((lane, keys)) = done.keys {
+                            lanes.settled(&lane, keys);
+                        }
                     }
                 }
             }
@@ -125,7 +140,7 @@ impl Session<'_> {
             // The channel is gone: whatever is in flight can no longer be acked.
             tasks.abort_all();
         }
-        flush_acks(&channel, self.amqp.prefetch).await;
+        flush_acks(&channel, prefetch).await;
         crate::telemetry::metrics::session_ended();
         result
     }
@@ -142,23 +157,23 @@ impl Session<'_> {
                 let settler = self.pipeline.settler.clone();
                 tasks.spawn(async move {
                     settler.invalid(&delivery, &invalid.to_string()).await;
-                    None
+                    Done { deliveries: 1, keys: None }
                 });
                 None
             }
         }
     }
 
-    /// Uploads a batch in a task of its own, within the institution's in-flight cap.
-    fn dispatch(&self, tasks: &mut JoinSet<Done>, per_institution: &HashMap<&str, Arc<Semaphore>>, batch: Batch<Delivery>) {
+    /// Takes a batch to the end in a task of its own (the uploader caps the platform calls
+    /// in flight per institution).
+    fn dispatch(&self, tasks: &mut JoinSet<Done>, batch: Batch<Delivery>) {
         let Some(institution) = self.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
-        let Some(cap) = per_institution.get(institution.fixmedins_code.as_str()).cloned() else { return };
         let pipeline = self.pipeline.clone();
         tasks.spawn(async move {
-            let _permit = cap.acquire_owned().await.ok()?;
             let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
+            let deliveries = batch.rows.iter().map(|r| r.source.deliveries.len()).sum();
             pipeline.run(&institution, batch.lane.infno, batch.rows).await;
-            Some((batch.lane, keys))
+            Done { deliveries, keys: Some((batch.lane, keys)) }
         });
     }
 }
