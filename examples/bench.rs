@@ -739,12 +739,12 @@ impl Profiler {
     fn finish(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         self.child.wait()?;
-        if let Ok(summary) = Command::new("python3").arg("bench/profile.py").arg(&self.data).output() {
-            if summary.status.success() {
-                std::fs::write(&self.report, &summary.stdout)?;
-                eprintln!("  profile: {}", self.report.display());
-                return Ok(());
-            }
+        if let Ok(summary) = Command::new("python3").arg("bench/profile.py").arg(&self.data).output()
+            && summary.status.success()
+        {
+            std::fs::write(&self.report, &summary.stdout)?;
+            eprintln!("  profile: {}", self.report.display());
+            return Ok(());
         }
         let flat = Command::new("perf")
             .args(["report", "--no-children", "--stdio", "-g", "none", "--percent-limit", "0.5", "--sort", "dso,symbol", "-i"])
@@ -835,7 +835,7 @@ async fn wait_accepted(sim: &Sim, expected: u64, workers: &[Proc], stall: Durati
         for (max, worker) in rss_max_kib.iter_mut().zip(workers) {
             *max = (*max).max(status_kib(worker.pid(), "VmRSS:").unwrap_or(0));
         }
-        if tick % 8 == 0 || counters.records_created >= expected {
+        if tick.is_multiple_of(8) || counters.records_created >= expected {
             let rss = workers.first().and_then(|w| status_kib(w.pid(), "VmRSS:")).unwrap_or(0);
             rss_series.push((counters.records_created, round2(rss as f64 / 1024.0)));
         }
@@ -853,7 +853,7 @@ async fn wait_accepted(sim: &Sim, expected: u64, workers: &[Proc], stall: Durati
             bail!("no progress for {stall:?}: {} of {expected} records; counters {counters:?}", counters.records_created);
         }
         tick += 1;
-        if tick % 8 == 0 {
+        if tick.is_multiple_of(8) {
             eprint!("\r  accepted {}/{expected}      ", counters.records_created);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

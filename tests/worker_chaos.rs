@@ -46,6 +46,7 @@ async fn wait_for_records(sim: &TestSimulator, count: usize, timeout: Duration, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock, reason = "serialises the chaos tests of this binary; each has its own runtime")]
 async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
     let _alone = exclusive();
     let sim = TestSimulator::builder().institutions(1).start();
@@ -91,6 +92,7 @@ async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock, reason = "serialises the chaos tests of this binary; each has its own runtime")]
 async fn the_fleet_shares_one_token_per_institution_through_short_token_lifetimes() {
     let _alone = exclusive();
     let sim = TestSimulator::builder()

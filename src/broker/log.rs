@@ -9,6 +9,8 @@
 //! * **Read your writes.** [`StreamLog::append`] returns only when this process's own
 //!   consumer has applied the entry (found by its id): the change then sits in its place in
 //!   the log rather than being patched in locally ahead of older entries still in flight.
+//!   [`StreamLog::append_confirmed`] only waits for the broker's confirm, for entries the
+//!   process does not need to read back.
 //! * **Sync.** [`StreamLog::sync`] publishes a marker and waits until it comes back: the
 //!   stream is one ordered log, so every entry confirmed before it has been applied.
 //!   [`StreamLog::open`] syncs before returning, so the state is complete from the start.
@@ -162,6 +164,18 @@ impl<F: Fold> StreamLog<F> {
         self.publish_and_wait(id, &body).await
     }
 
+    /// Appends `change` and returns once the broker has confirmed it (it is durable),
+    /// without waiting to read it back: for entries that no later step of this process
+    /// needs applied first. Whatever this process appends or syncs later is applied after
+    /// it, in log order.
+    pub async fn append_confirmed(&self, change: F::Change) -> Result<(), LogError> {
+        self.check()?;
+        let id = nonce();
+        let body = serde_json::to_vec(&Entry { id: id.clone(), change: Some(change) }).map_err(|e| self.ended(e.to_string()))?;
+        self.publisher.publish("", &self.stream, &body, entry_properties(&id)).await?;
+        Ok(())
+    }
+
     /// Returns once every entry appended before this call is applied here.
     pub async fn sync(&self) -> Result<(), LogError> {
         let id = nonce();
@@ -180,11 +194,7 @@ impl<F: Fold> StreamLog<F> {
             receiver
         };
         let outcome = async {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_message_id(id.as_str().into());
-            self.publisher.publish("", &self.stream, body, properties).await?;
+            self.publisher.publish("", &self.stream, body, entry_properties(&id)).await?;
             match tokio::time::timeout(SYNC_TIMEOUT, seen).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(self.ended(self.lock().ended.clone().unwrap_or_else(|| "unknown".into()))),
@@ -197,6 +207,11 @@ impl<F: Fold> StreamLog<F> {
         }
         outcome
     }
+}
+
+/// The properties of an entry: persistent JSON with its id.
+fn entry_properties(id: &str) -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2).with_message_id(id.into())
 }
 
 /// Applies the stream to `inner` until the consumer ends, then marks the log as ended.

@@ -215,7 +215,7 @@ struct SharedState {
 
 enum SlotHolder {
     Local(MsgIdSlot),
-    Broker(lapin::Connection),
+    Broker(Box<lapin::Connection>),
 }
 
 impl SharedState {
@@ -226,7 +226,7 @@ impl SharedState {
                 let store = broker::token_store::start(&connection, &amqp.name_prefix).await?;
                 let slot = broker::msgid_slot::claim_msgid_slot(&connection, &amqp.name_prefix).await?;
                 let ledger = Ledger::open(&connection, &amqp.name_prefix, &config.ledger).await?;
-                Ok(SharedState { store, slot, ledger: Some(ledger), holder: SlotHolder::Broker(connection) })
+                Ok(SharedState { store, slot, ledger: Some(ledger), holder: SlotHolder::Broker(Box::new(connection)) })
             }
             None => {
                 let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);

@@ -2,12 +2,13 @@
 //! in force, in log order.
 //!
 //! **Memory.** A key is held as a 64-bit hash of (institution, infno, key) with its newest
-//! version: about 30 bytes per key (hash map entry and eviction queue). Only keys of events
-//! with a `version` are indexed (others cannot be compared). Beyond `max_index_keys` the
-//! keys first uploaded longest ago are forgotten, oldest first: a stale replay of such a
-//! key is no longer refused (racing uploads are still serialised by claims). At the
-//! default 1 000 000 keys that is about 30 MB; a hospital reports some thousands of keys a
-//! day, so the default 35-day window stays far below it. Claims are few (one per batch in
+//! version: 25 to 60 bytes per key (hash map entry and eviction queue, which double their
+//! capacity as they grow; measured 57 MiB at 1 000 000 keys). Only keys of events with a
+//! `version` are indexed (others cannot be compared). Beyond `max_index_keys` the keys
+//! first uploaded longest ago are forgotten, oldest first: a stale replay of such a key is
+//! no longer refused (racing uploads are still serialised by claims). The default of
+//! 250 000 keys (at most ~15 MB) covers ~7 000 versioned keys a day over the default
+//! 35-day window; a fleet reporting more institutions per worker should raise it. Claims are few (one per batch in
 //! flight) and dropped when released or expired.
 
 use std::collections::hash_map::DefaultHasher;

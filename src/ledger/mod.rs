@@ -262,14 +262,15 @@ impl Ledger {
         }
     }
 
-    /// Records what the platform accepted, before the deliveries are acked.
+    /// Records what the platform accepted, before the deliveries are acked. Confirmed by
+    /// the broker, not read back: any later claim on these keys is applied after it.
     pub async fn receipt(&self, receipt: Receipt) -> Result<(), LogError> {
-        self.log.append(Entry::Receipt(receipt)).await
+        self.log.append_confirmed(Entry::Receipt(receipt)).await
     }
 
-    /// Ends a claim.
+    /// Ends a claim (confirmed by the broker, not read back).
     pub async fn release(&self, claim: String) -> Result<(), LogError> {
-        self.log.append(Entry::Release { claim }).await
+        self.log.append_confirmed(Entry::Release { claim }).await
     }
 
     /// Uploads `rows` of one institution and transaction under a claim: waits for earlier

@@ -9,13 +9,15 @@
 //! | configuration (2, 3, 4, 30, HTTP 401/403/404) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
 //! | daily limit (11) | the institution is held until Beijing midnight; parked until then |
 //!
-//! Parking and dead-lettering publish a copy with a broker confirm first and ack the
-//! original only then; if anything fails on the way, the original stays unacked and comes
+//! A batch's deliveries are settled concurrently (acks written back to back, copies
+//! published under one confirm window). Parking and dead-lettering publish a copy with a
+//! broker confirm first and ack the original only then; if anything fails on the way, the original stays unacked and comes
 //! back (at least once, never lost).
 
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -119,39 +121,30 @@ impl Settler {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
                     crate::telemetry::metrics::accepted(institution, &rows);
-                    for row in rows {
-                        for delivery in &row.source.deliveries {
-                            ack(delivery).await;
-                        }
-                    }
+                    ack_all(rows.iter().flat_map(|row| row.source.deliveries.iter())).await;
                 }
                 Settled::Refused { row, code, message } => {
                     self.holds.release(institution);
                     let error = format!("the platform refused record {}: returnCode {code}: {message}", row.record.key());
-                    for delivery in &row.source.deliveries {
+                    join_all(row.source.deliveries.iter().map(|delivery| {
                         let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts + 1;
-                        self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts).await;
-                    }
+                        self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts)
+                    }))
+                    .await;
                 }
                 Settled::Unsettled { rows, outcome } => {
                     let deliveries: Vec<&Delivery> = rows.iter().flat_map(|row| row.source.deliveries.iter()).collect();
                     match &outcome {
                         Outcome::Misconfigured { .. } => {
                             let wait = self.holds.hold_misconfigured(institution, &outcome.to_string());
-                            for delivery in deliveries {
-                                self.park(delivery, wait).await;
-                            }
+                            self.hold(&deliveries, wait).await;
                         }
                         Outcome::DailyLimit => {
                             let wait = self.holds.hold_until_midnight(institution);
-                            for delivery in deliveries {
-                                self.park(delivery, wait).await;
-                            }
+                            self.hold(&deliveries, wait).await;
                         }
                         _ => {
-                            for delivery in deliveries {
-                                self.retry_later(delivery, &outcome).await;
-                            }
+                            join_all(deliveries.into_iter().map(|delivery| self.retry_later(delivery, &outcome))).await;
                         }
                     }
                 }
@@ -165,10 +158,8 @@ impl Settler {
         crate::telemetry::metrics::superseded(institution, rows);
         for row in rows {
             tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
-            for delivery in &row.source.deliveries {
-                ack(delivery).await;
-            }
         }
+        ack_all(rows.iter().flat_map(|row| row.source.deliveries.iter())).await;
     }
 
     /// Dead-letters an invalid event (never sent).
@@ -178,9 +169,7 @@ impl Settler {
 
     /// Parks deliveries of a held institution until its next probe, counting no attempt.
     pub async fn hold(&self, deliveries: &[&Delivery], wait: Duration) {
-        for delivery in deliveries {
-            self.park(delivery, wait).await;
-        }
+        join_all(deliveries.iter().map(|delivery| self.park(delivery, wait))).await;
     }
 
     /// Counts a failed attempt and parks the delivery for the next backoff step, or
@@ -253,6 +242,12 @@ impl Settler {
             }
         }
     }
+}
+
+/// Acks deliveries all at once (lapin writes the frames back to back instead of waiting
+/// for each in turn).
+async fn ack_all(deliveries: impl Iterator<Item = &Delivery>) {
+    join_all(deliveries.map(ack)).await;
 }
 
 /// Acks a delivery; if its channel is gone the broker redelivers it, which is safe.
