@@ -212,13 +212,13 @@ impl<T> Lanes<T> {
             .collect()
     }
 
-    /// The batch of the lane with the most ready records, if it has at least `min_rows`:
-    /// for when waiting for the linger would gain nothing (the worker holds its whole
-    /// prefetch, so no more records come until some are settled).
-    pub fn fullest(&mut self, min_rows: usize) -> Option<Batch<T>> {
+    /// The batch of the lane with the most ready records, if any: for when waiting for
+    /// the linger would gain nothing (the worker holds its whole prefetch, so no more
+    /// records come until some are settled).
+    pub fn fullest(&mut self) -> Option<Batch<T>> {
         let max_records = self.max_records;
         let (lane, entry) = self.lanes.iter_mut().max_by_key(|(_, entry)| entry.ready.len())?;
-        if entry.ready.is_empty() || entry.ready.len() < min_rows {
+        if entry.ready.is_empty() {
             return None;
         }
         let rows = entry.take(max_records);
@@ -316,11 +316,10 @@ mod tests {
         lanes.add(lane(), record("a", "1"), None, 1);
         lanes.add(other.clone(), record("x", "1"), None, 2);
         lanes.add(other.clone(), record("y", "1"), None, 3);
-        assert!(lanes.fullest(3).is_none(), "no lane has three ready records");
-        let batch = lanes.fullest(1).unwrap();
+        let batch = lanes.fullest().unwrap();
         assert_eq!((batch.lane, batch.rows.len()), (other, 2));
-        assert_eq!(lanes.fullest(1).unwrap().lane, lane());
-        assert!(lanes.fullest(1).is_none(), "nothing else is ready");
+        assert_eq!(lanes.fullest().unwrap().lane, lane());
+        assert!(lanes.fullest().is_none(), "nothing else is ready");
     }
 
     #[test]

@@ -85,12 +85,12 @@ impl Session<'_> {
                 if !consumer_open && lanes.is_empty() && tasks.is_empty() {
                     break Ok(SessionEnd::Drained);
                 }
-            } else if held >= usize::from(prefetch) {
-                // Nothing more comes until something is settled: rather than wait for the
-                // linger, send the fullest lane — at once if nothing is in flight (else
-                // the session would stall), otherwise if it holds half a call or more.
-                let min_rows = if tasks.is_empty() { 1 } else { self.config.batch.max_records.div_ceil(2) };
-                if let Some(batch) = lanes.fullest(min_rows) {
+            } else if held >= usize::from(prefetch) && tasks.is_empty() {
+                // Nothing more comes until something is settled, and nothing in flight
+                // will settle: rather than wait for the linger, send the fullest lane.
+                // (With batches in flight, their settling brings more deliveries; waiting
+                // for those keeps calls full.)
+                if let Some(batch) = lanes.fullest() {
                     self.dispatch(&mut tasks, batch);
                 }
             }
