@@ -11,7 +11,7 @@ use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
 use common::worker::{World, WorkerProcess, worker_config, worker_toml};
-use els_bridge::simulator::api::{CallFilter, RecordFilter, RecordView};
+use els_bridge::simulator::api::{CallFilter, FaultKind, RecordFilter, RecordView, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -197,4 +197,42 @@ async fn send_with_a_broker_records_its_uploads_in_the_ledger() {
     let csv = String::from_utf8(report.stdout).unwrap();
     let code = &sim.institution(0).code;
     assert!(csv.contains(&format!("{code},ELS7004,consumable stock-in,5,5,0,10,123.4")), "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_of_a_killed_worker_do_not_hold_its_keys_back() {
+    let World { sim, vhost, amqp } = World::new("ledger-dead-holder", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 100);
+    let mut first = WorkerProcess::start(&config, "first");
+    // A first record, so that the token is fetched before calls start to hang.
+    amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "WARM-UP", "1"))]).await;
+    stored(&sim, 1).await;
+
+    // One record per lane; their calls hang, so the first worker holds six claims.
+    sim.set_timeouts(Timeouts { next: 6, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 120_000, processed: false }).await;
+    let events: Vec<Value> = Infno::UPLOADS.iter().map(|infno| event(*infno, &code, Some(1), row(*infno, &format!("HELD-{infno}"), "3"))).collect();
+    amqp.publish(&events).await;
+    eventually("six hanging calls", Duration::from_secs(60), async || {
+        let calls = sim.calls(&CallFilter::default()).await.calls;
+        (calls.iter().filter(|c| c.fault == Some(FaultKind::Hang)).count() == 6).then_some(())
+    })
+    .await;
+
+    // The first worker dies with its claims in force; the second takes the same keys.
+    first.kill();
+    sim.clear_fault("timeouts").await;
+    let mut second = WorkerProcess::start(&config, "second");
+    // Well within the claims' 5-minute expiry: the second worker finds their holder gone.
+    let records = eventually("the held records stored", Duration::from_secs(30), async || {
+        let page = sim.records(&RecordFilter::default()).await;
+        (page.total == 7).then_some(page.records)
+    })
+    .await;
+    let held: Vec<&RecordView> = records.iter().filter(|r| r.key.starts_with("HELD-")).collect();
+    assert_eq!(held.len(), 6);
+    assert!(held.iter().all(|r| quantity(r) == "3"));
+    assert!(second.terminate(Duration::from_secs(30)).success(), "{}", second.logs());
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30));
+    amqp.close().await;
 }
