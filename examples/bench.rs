@@ -18,7 +18,8 @@
 //! 1. the physical limit: publish N mixed events with confirms (msg/s); drain them with a
 //!    minimal lapin consumer acking each message, same prefetch as the worker (msg/s);
 //!    for reference the same drain acking `multiple` every 100, and a concurrent
-//!    publish + minimal consume;
+//!    publish + minimal consume; and the simulator's own limit (8 clients uploading
+//!    100-row calls back to back, records/s), which bounds scenario 2 from the other side;
 //! 2. els-bridge draining the same pre-filled queue into the simulator (records accepted
 //!    per second, ratio to 1), and with the worker running while N events are published as
 //!    fast as the broker confirms (first publish → last record accepted);
@@ -681,6 +682,51 @@ impl Sim {
         }
     }
 
+    /// The simulator's own limit: `clients` clients of the project's uploading 100-row
+    /// calls back to back for `seconds`; records accepted per second.
+    async fn capacity(&self, clients: u16, seconds: u64) -> Result<f64> {
+        let institution = self.config.institutions[0].clone();
+        let token = {
+            let client = PlatformClient::new(&self.config.platform, Arc::new(MsgIds::new(19)))?;
+            match client.fetch_token(&institution).await.outcome {
+                Outcome::Accepted(data) => data.get("accessToken").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                other => bail!("ELS7001 answered {other}"),
+            }
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..clients {
+            // A msgid slot of its own per client (each numbers up to 500 calls a second).
+            let client = PlatformClient::new(&self.config.platform, Arc::new(MsgIds::new(c)))?;
+            let (institution, token) = (institution.clone(), token.clone());
+            let records: Vec<Record> = (0..100)
+                .map(|r| {
+                    let row = Value::Object(records::row(Infno::Els7002, &format!("CAP-{c}-{r}"), "1"));
+                    Record::parse_value(Infno::Els7002, &row).map_err(|e| anyhow!("{e:?}"))
+                })
+                .collect::<Result<_>>()?;
+            tasks.spawn(async move {
+                let mut accepted = 0u64;
+                while Instant::now() < deadline {
+                    let call = client.upload(&institution, Infno::Els7002, &token, records.iter()).await;
+                    if !call.outcome.is_accepted() {
+                        bail!("a capacity upload was answered {}", call.outcome);
+                    }
+                    accepted += 100;
+                }
+                Ok(accepted)
+            });
+        }
+        let mut accepted = 0;
+        while let Some(done) = tasks.join_next().await {
+            accepted += done??;
+        }
+        let rate = accepted as f64 / started.elapsed().as_secs_f64();
+        self.reset().await?;
+        Ok(rate)
+    }
+
     /// Median time of a 100-row upload (token fetched first), measured with the
     /// project's own client; the simulator is reset afterwards (records, token, faults).
     async fn round_trip_ms(&self, latency_ms: u64, samples: usize) -> Result<f64> {
@@ -1080,9 +1126,16 @@ impl Bench {
             concurrent_pub.rate()
         ));
         let probe = stream_append_round_trip(&vhost.url, 400, 8).await?;
-        self.note(format!("- ledger-like stream append (publish with confirm, read back by the own consumer): {probe}\n"));
+        self.note(format!("- ledger-like stream append (publish with confirm, read back by the own consumer): {probe}"));
+        let sim = Sim::start(&self.args, &self.dir, "capacity-simulator", 20_000)?;
+        let meter = CpuMeter::start(with_self(&[("simulator".to_owned(), sim.proc.pid())]));
+        let seconds = if self.args.quick { 3 } else { 10 };
+        let sim_capacity = sim.capacity(8, seconds).await?;
+        let sim_cpu = meter.stop();
+        self.note(format!("- the simulator alone, 8 clients uploading 100-row calls back to back: {sim_capacity:.0} records/s (cpu {sim_cpu})\n"));
         let mut out = json!({
             "stream_append": probe,
+            "simulator_capacity_records_s": sim_capacity.round(), "simulator_capacity_cpu": sim_cpu,
             "events": n, "prefetch": prefetch,
             "publish_confirms_msg_s": published.rate().round(), "publish_cpu": publish_cpu,
             "concurrent_publish_consume_msg_s": concurrent_rate.round(), "concurrent_cpu": concurrent_cpu,
