@@ -17,7 +17,8 @@
 //! Scenarios:
 //! 1. the physical limit: publish N mixed events with confirms (msg/s); drain them with a
 //!    minimal lapin consumer acking each message, same prefetch as the worker (msg/s);
-//!    for reference the same drain acking `multiple` every 100, and a concurrent
+//!    for reference the same drain acking `multiple` every 100, held in 12 lanes like the
+//!    worker (a lane's 100 acks sent together), and a concurrent
 //!    publish + minimal consume; and the simulator's own limit (8 clients uploading
 //!    100-row calls back to back, records/s), which bounds scenario 2 from the other side;
 //! 2. els-bridge draining the same pre-filled queue into the simulator (records accepted
@@ -423,15 +424,25 @@ enum Acks {
     EachAwaited,
     /// `multiple` every n deliveries.
     Multiple(u64),
+    /// Like the worker: deliveries held in `lanes` lanes (round robin), a lane's deliveries
+    /// acked one by one, all at once, when it holds `rows`.
+    HeldInLanes { lanes: usize, rows: usize },
 }
 
 /// A minimal consumer: prefetch, consume, ack as `acks` says, until `count` deliveries.
+/// Acks one delivery, sent to lapin's I/O thread now, awaited later.
+fn ack_one(delivery: &lapin::message::Delivery) -> impl Future<Output = Result<bool>> + use<> {
+    let acker = delivery.acker.clone();
+    async move { acker.ack(BasicAckOptions::default()).await.map_err(anyhow::Error::from) }
+}
+
 async fn drain_minimal(url: &str, prefetch: u16, count: u64, acks: Acks) -> Result<Drained> {
     let connection = connect(url).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = channel.basic_consume(QUEUE.into(), "bench-minimal".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut held: Vec<Vec<lapin::message::Delivery>> = Vec::new();
     let (mut first_us, mut seen) = (0, 0u64);
     while seen < count {
         let next = tokio::select! {
@@ -447,16 +458,26 @@ async fn drain_minimal(url: &str, prefetch: u16, count: u64, acks: Acks) -> Resu
         }
         seen += 1;
         match acks {
-            Acks::EachPipelined => {
-                let acker = delivery.acker.clone();
-                pending.push(async move { acker.ack(BasicAckOptions::default()).await.map_err(anyhow::Error::from) });
-            }
+            Acks::EachPipelined => pending.push(ack_one(&delivery)),
             Acks::EachAwaited => {
                 delivery.ack(BasicAckOptions::default()).await?;
             }
             Acks::Multiple(n) => {
-                if seen % n == 0 || seen == count {
+                if seen.is_multiple_of(n) || seen == count {
                     delivery.ack(BasicAckOptions { multiple: true }).await?;
+                }
+            }
+            Acks::HeldInLanes { lanes, rows } => {
+                held.resize_with(lanes, Vec::new);
+                let lane = (seen as usize) % lanes;
+                held[lane].push(delivery);
+                let full: Vec<usize> = if seen == count { (0..lanes).collect() } else { vec![lane] };
+                for lane in full {
+                    if held[lane].len() >= rows || seen == count {
+                        for delivery in held[lane].drain(..) {
+                            pending.push(ack_one(&delivery));
+                        }
+                    }
                 }
             }
         }
@@ -1099,6 +1120,11 @@ impl Bench {
             ("consume_ack_each_msg_s", Acks::EachPipelined, "minimal consumer, ack each (acks pipelined)"),
             ("consume_ack_each_awaited_msg_s", Acks::EachAwaited, "minimal consumer, ack each, each ack awaited before the next delivery"),
             ("consume_ack_multiple_100_msg_s", Acks::Multiple(100), "reference: ack `multiple` every 100"),
+            (
+                "consume_held_in_lanes_msg_s",
+                Acks::HeldInLanes { lanes: 12, rows: 100 },
+                "reference: held like the worker (12 lanes), a lane's 100 acks sent together when it is full",
+            ),
         ] {
             if !rates.is_empty() {
                 publish(&vhost.url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
