@@ -28,7 +28,12 @@ fn quantity(record: &RecordView) -> String {
 
 /// Waits until the simulator holds `count` records, then returns them by key.
 async fn stored(sim: &TestSimulator, count: usize) -> BTreeMap<String, RecordView> {
-    eventually(&format!("{count} records at the simulator"), Duration::from_secs(120), async || {
+    stored_within(sim, count, Duration::from_secs(120)).await
+}
+
+/// [`stored`], failing after `timeout`.
+async fn stored_within(sim: &TestSimulator, count: usize, timeout: Duration) -> BTreeMap<String, RecordView> {
+    eventually(&format!("{count} records at the simulator"), timeout, async || {
         let page = sim.records(&RecordFilter::default()).await;
         (page.total == count).then(|| page.records.into_iter().map(|r| (r.key.clone(), r)).collect())
     })
@@ -224,12 +229,8 @@ async fn the_claims_of_a_killed_worker_do_not_hold_its_keys_back() {
     sim.clear_fault("timeouts").await;
     let mut second = WorkerProcess::start(&config, "second");
     // Well within the claims' 5-minute expiry: the second worker finds their holder gone.
-    let records = eventually("the held records stored", Duration::from_secs(30), async || {
-        let page = sim.records(&RecordFilter::default()).await;
-        (page.total == 7).then_some(page.records)
-    })
-    .await;
-    let held: Vec<&RecordView> = records.iter().filter(|r| r.key.starts_with("HELD-")).collect();
+    let records = stored_within(&sim, 7, Duration::from_secs(30)).await;
+    let held: Vec<&RecordView> = records.values().filter(|r| r.key.starts_with("HELD-")).collect();
     assert_eq!(held.len(), 6);
     assert!(held.iter().all(|r| quantity(r) == "3"));
     assert!(second.terminate(Duration::from_secs(30)).success(), "{}", second.logs());

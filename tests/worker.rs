@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
@@ -244,15 +244,10 @@ async fn a_worker_holding_its_whole_prefetch_sends_its_fullest_lane_without_wait
     // Once the queue is empty the worker holds fewer than its prefetch, and the last records
     // rightly wait for the linger; every record before them must go out under pressure.
     let under_pressure = events.len() - 60;
-    let started = Instant::now();
-    loop {
-        let stored = sim.records(&RecordFilter::default()).await.total;
-        if stored >= under_pressure {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{stored} of {under_pressure} records sent; the worker waits for the linger:\n{}", worker.logs());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(&format!("{under_pressure} records sent before the linger"), Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.total >= under_pressure).then_some(())
+    })
+    .await;
     // The rest goes out when the worker drains at SIGTERM: nothing is lost.
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
     wait_until_stored(&sim, &expected, Duration::from_secs(5)).await;

@@ -159,8 +159,7 @@ impl<F: Fold> StreamLog<F> {
 
     /// Appends `change` and returns once it is applied here.
     pub async fn append(&self, change: F::Change) -> Result<(), LogError> {
-        let id = nonce();
-        let body = serde_json::to_vec(&Entry { id: id.clone(), change: Some(change) }).map_err(|e| self.ended(e.to_string()))?;
+        let (id, body) = self.encode(Some(change))?;
         self.publish_and_wait(id, &body).await
     }
 
@@ -170,17 +169,22 @@ impl<F: Fold> StreamLog<F> {
     /// it, in log order.
     pub async fn append_confirmed(&self, change: F::Change) -> Result<(), LogError> {
         self.check()?;
-        let id = nonce();
-        let body = serde_json::to_vec(&Entry { id: id.clone(), change: Some(change) }).map_err(|e| self.ended(e.to_string()))?;
+        let (id, body) = self.encode(Some(change))?;
         self.publisher.publish("", &self.stream, &body, entry_properties(&id)).await?;
         Ok(())
     }
 
     /// Returns once every entry appended before this call is applied here.
     pub async fn sync(&self) -> Result<(), LogError> {
-        let id = nonce();
-        let body = serde_json::to_vec(&Entry::<F::Change> { id: id.clone(), change: None }).map_err(|e| self.ended(e.to_string()))?;
+        let (id, body) = self.encode(None)?;
         self.publish_and_wait(id, &body).await
+    }
+
+    /// A new entry (a marker without `change`): its id and its body.
+    fn encode(&self, change: Option<F::Change>) -> Result<(String, Vec<u8>), LogError> {
+        let id = nonce();
+        let body = serde_json::to_vec(&Entry { id: id.clone(), change }).map_err(|e| self.ended(e.to_string()))?;
+        Ok((id, body))
     }
 
     async fn publish_and_wait(&self, id: String, body: &[u8]) -> Result<(), LogError> {

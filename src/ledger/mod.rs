@@ -24,8 +24,9 @@
 //!
 //!   So two versions of a key are never uploaded at the same time by two replicas, and the
 //!   later claim sees the earlier one's receipt. What remains possible: a holder stuck
-//!   mid-upload with its connection alive blocks its keys for [`CLAIM_TTL`]; an upload whose answer was lost to a
-//!   timeout may, in theory, be applied by the platform after a later one (the platform
+//!   mid-upload with its connection alive blocks its keys for [`CLAIM_TTL`]; an upload
+//!   whose answer was lost to a timeout may, in theory, be applied by the platform after
+//!   a later one (the platform
 //!   gives no way to know); events without `version` are ordered by claim order, i.e.
 //!   roughly by delivery, which is all "the later delivery wins" can promise; keys older
 //!   than the index window (or evicted past `max_index_keys`) are not protected against a
@@ -186,8 +187,8 @@ pub struct Claimed<T> {
     pub settled: Vec<Settled<T>>,
 }
 
-/// The name of a holder queue for `prefix`.
-pub fn holder_queue_name(prefix: &str) -> String {
+/// A new holder queue's name for `prefix`.
+fn holder_queue_name(prefix: &str) -> String {
     format!("{prefix}.ledger.holder.{}", nonce())
 }
 
