@@ -43,6 +43,7 @@ pub mod index;
 pub mod report;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -202,6 +203,9 @@ pub struct Ledger {
     /// Holders found gone, with when: their claims hold nothing up. Pruned after
     /// [`CLAIM_TTL`], when their claims have expired anyway.
     gone: Mutex<HashMap<String, Instant>>,
+    /// How long appending a claim took of late: the time a batch spends in the ledger
+    /// before its call, when no earlier claim is in its way.
+    claim_round_trip: RoundTrip,
 }
 
 impl Ledger {
@@ -213,7 +217,7 @@ impl Ledger {
         let probe = presence::probe_channel(connection).await?;
         let holder = holder_queue_name(prefix);
         presence::declare_exclusive(&probe, &holder).await.map_err(BrokerError::from)?;
-        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()) })
+        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()), claim_round_trip: RoundTrip::default() })
     }
 
     fn gone(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
@@ -245,7 +249,9 @@ impl Ledger {
         let count = keys.len();
         let holder = Some(self.holder.clone());
         let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder };
+        let appending = Instant::now();
         self.log.append(Entry::Claim(claim)).await?;
+        self.claim_round_trip.add(appending.elapsed());
         let mut next_probe = Instant::now() + PROBE_AFTER;
         loop {
             let turns = self.log.read(|index| {
@@ -316,9 +322,35 @@ impl Ledger {
         Claimed { superseded, settled }
     }
 
+    /// How long appending a claim has taken of late (a moving average; zero before the
+    /// first claim).
+    pub fn claim_round_trip(&self) -> Duration {
+        self.claim_round_trip.get()
+    }
+
     /// How many keys the index holds (for metrics and tests).
     pub fn indexed_keys(&self) -> usize {
         self.log.read(Index::len).unwrap_or(0)
+    }
+}
+
+/// A moving average of a duration (each new sample weighs 1/8), shared between tasks.
+#[derive(Debug, Default)]
+struct RoundTrip {
+    micros: AtomicU64,
+}
+
+impl RoundTrip {
+    fn add(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        // Concurrent updates may lose a sample; an average does not mind.
+        let old = self.micros.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.micros.store(new, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
     }
 }
 
@@ -327,5 +359,20 @@ impl Fold for Index {
 
     fn apply(&mut self, change: Entry) {
         Index::apply(self, change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_trip_starts_at_the_first_sample_and_moves_by_an_eighth() {
+        let round_trip = RoundTrip::default();
+        assert_eq!(round_trip.get(), Duration::ZERO);
+        round_trip.add(Duration::from_micros(800));
+        assert_eq!(round_trip.get(), Duration::from_micros(800));
+        round_trip.add(Duration::from_micros(1600));
+        assert_eq!(round_trip.get(), Duration::from_micros(900));
     }
 }

@@ -20,6 +20,10 @@ use crate::broker::BrokerError;
 use crate::config::{AmqpSettings, Config};
 use crate::event::{self, Institutions};
 
+/// tokio's timers fire on a millisecond tick, so a sleep ends up to about this much after
+/// its deadline.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -94,7 +98,8 @@ impl Session<'_> {
                     self.dispatch(&mut tasks, batch);
                 }
             }
-            let next_flush = lanes.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let lead = self.lead();
+            let next_flush = lanes.next_deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |deadline| deadline.checked_sub(lead).unwrap_or(deadline));
             tokio::select! {
                 () = shutdown.cancelled(), if !draining => {
                     tracing::info!(waiting = lanes.waiting(), in_flight = tasks.len(), "shutting down: no new deliveries; flushing and settling");
@@ -120,7 +125,7 @@ impl Session<'_> {
                     None => break Err(BrokerError::ConsumerEnded),
                 },
                 () = tokio::time::sleep_until(next_flush.into()) => {
-                    for batch in lanes.due(Instant::now(), false) {
+                    for batch in lanes.due(Instant::now() + lead, false) {
                         self.dispatch(&mut tasks, batch);
                     }
                 }
@@ -143,6 +148,14 @@ impl Session<'_> {
         flush_acks(&channel, prefetch).await;
         crate::telemetry::metrics::session_ended();
         result
+    }
+
+    /// How long before a lane's linger ends its batch is started, so that the call goes
+    /// out when the linger ends: the timer fires up to [`TIMER_GRANULARITY`] late, and the
+    /// ledger claim comes before the call. At most a tenth of the linger.
+    fn lead(&self) -> Duration {
+        let linger = Duration::from_millis(self.config.batch.linger_ms);
+        (TIMER_GRANULARITY + self.pipeline.ledger.claim_round_trip()).min(linger / 10)
     }
 
     /// Validates a delivery; an invalid one is dead-lettered, a valid one joins its lane
