@@ -102,6 +102,29 @@ async fn every_transaction_is_uploaded_one_as_csv() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decimals_go_out_as_text_by_default_and_as_numbers_when_configured() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    // One token file for both runs: the platform gives a second token only near expiry.
+    let dir = tempfile::tempdir().unwrap();
+    for (format, price, quantity) in [("string", json!("12.34"), json!("3")), ("number", json!(12.34), json!(3))] {
+        let config = client_config(&sim, dir.path());
+        let text = std::fs::read_to_string(&config).unwrap().replace("token_file =", &format!("decimal_format = {format:?}\ntoken_file ="));
+        std::fs::write(&config, text).unwrap();
+        let key = format!("DEC-{format}");
+        let path = dir.path().join("rows.jsonl");
+        std::fs::write(&path, jsonl(&[row(Infno::Els7002, &key, "3")])).unwrap();
+
+        let run = send(&config, &["--infno", "ELS7002", path.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{format}: {}{}", run.stdout, run.stderr);
+        let stored = sim.records(&RecordFilter::default()).await;
+        let stored = stored.records.iter().find(|r| r.key == key).unwrap_or_else(|| panic!("{key} not stored"));
+        assert_eq!(stored.row["purc_pric"], price, "{format}");
+        assert_eq!(stored.row["stoin_cnt"], quantity, "{format}");
+        assert_eq!(stored.row["drug_genname"], json!("阿莫西林胶囊"), "{format}: text fields are text either way");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_rows_are_found_by_bisection_and_only_they_fail() {
     let sim = TestSimulator::builder().institutions(1).start();
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::envelope::{Envelope, MsgIds};
@@ -31,6 +32,13 @@ pub struct Call {
     pub msgid: String,
     /// The classified answer.
     pub outcome: Outcome,
+}
+
+/// The `input` of an upload transaction.
+#[derive(Serialize)]
+struct UploadInput<'a, R> {
+    access_token: &'a str,
+    data: Vec<R>,
 }
 
 /// Sends signed requests to the platform; cheap to clone and share.
@@ -82,13 +90,20 @@ impl PlatformClient {
         token: &str,
         records: impl IntoIterator<Item = &'r Record>,
     ) -> Call {
-        let rows: Vec<Value> = records.into_iter().map(|r| r.to_json(self.decimals_as_numbers)).collect();
-        self.call(institution, infno, json!({ "access_token": token, "data": rows })).await
+        if self.decimals_as_numbers {
+            let data: Vec<Value> = records.into_iter().map(|r| r.to_json(true)).collect();
+            self.call(institution, infno, UploadInput { access_token: token, data }).await
+        } else {
+            // Straight into the body: the same JSON as `Record::to_json(false)`, without
+            // building it as a tree first.
+            let data: Vec<&Record> = records.into_iter().collect();
+            self.call(institution, infno, UploadInput { access_token: token, data }).await
+        }
     }
 
     /// Sends one transaction and classifies the answer; never fails, every failure is an
     /// [`Outcome`].
-    async fn call(&self, institution: &Institution, infno: Infno, input: Value) -> Call {
+    async fn call<I: Serialize>(&self, institution: &Institution, infno: Infno, input: I) -> Call {
         let msgid = self.msgids.next(&institution.fixmedins_code).await;
         let now = Utc::now();
         let envelope = Envelope::new(institution, infno, msgid.clone(), now, input);

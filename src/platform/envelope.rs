@@ -19,9 +19,10 @@ pub const MSGID_SLOTS: u16 = 20;
 /// `slot * MSGIDS_PER_SLOT + counter`.
 pub const MSGIDS_PER_SLOT: u16 = 500;
 
-/// The request body: the envelope fields in the spec's order, then `input`.
+/// The request body: the envelope fields in the spec's order, then `input` (any
+/// serializable value, so that rows are written straight into the body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Envelope<I = Value> {
     pub infno: String,
     pub msgid: String,
     pub mdtrtarea_admvs: String,
@@ -40,12 +41,12 @@ pub struct Envelope {
     pub fixmedins_name: String,
     pub sign_no: String,
     pub fixmedins_soft_fcty: String,
-    pub input: Value,
+    pub input: I,
 }
 
-impl Envelope {
+impl<I> Envelope<I> {
     /// Wraps `input` for `infno` with the institution's settings; unused fields are `""`.
-    pub fn new(institution: &Institution, infno: Infno, msgid: String, now: DateTime<Utc>, input: Value) -> Self {
+    pub fn new(institution: &Institution, infno: Infno, msgid: String, now: DateTime<Utc>, input: I) -> Self {
         let i = institution;
         Envelope {
             infno: infno.as_str().to_owned(),
