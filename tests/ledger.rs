@@ -92,8 +92,11 @@ async fn two_versions_published_back_to_back_end_with_the_newer_one_across_three
         }
         amqp.publish(&events).await;
     }
-    let records = stored(&sim, expected.len()).await;
+    stored(&sim, expected.len()).await;
+    // Every delivery settled: no upload is in flight any more. (Until then a key may
+    // legitimately show version 1: uploaded first, with version 2 waiting for its claim.)
     vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(60));
+    let records = stored(&sim, expected.len()).await;
     let held: BTreeMap<String, String> = records.iter().map(|(k, r)| (k.clone(), quantity(r))).collect();
     assert_eq!(held, expected, "every record ends with its newer version");
     assert!(amqp.take_all("els.dead").await.is_empty());

@@ -345,9 +345,10 @@ pub fn delivery_taken() {
     UNSETTLED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A delivery was acked (or its channel is gone).
-pub fn delivery_settled() {
-    let _ = UNSETTLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some((n - 1).max(0)));
+/// Deliveries were acked (or their channel is gone).
+pub fn deliveries_settled(count: usize) {
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    let _ = UNSETTLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some((n.saturating_sub(count)).max(0)));
 }
 
 /// The broker session ended: whatever it held unacked goes back to the queue.

@@ -8,6 +8,7 @@
 //! acked late (the broker redelivers them). SIGTERM/SIGINT stops consuming, flushes open
 //! batches and settles within `worker.drain_deadline_secs`.
 
+pub mod acks;
 pub mod health;
 pub mod holds;
 pub mod lanes;

@@ -1,7 +1,7 @@
 //! What happens to one batch, top to bottom: held institution → park; claim the keys in the
 //! ledger (waiting for earlier claims on them; older versions are superseded); upload
 //! (token, split, bisect); record a receipt of what was accepted; release the claim;
-//! settle every delivery.
+//! settle every delivery (reporting which the session is to ack).
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use lapin::message::Delivery;
 
 use super::holds::Holds;
 use super::lanes::Carried;
-use super::settle::Settler;
+use super::settle::{Settlement, Settler};
 use crate::config::Institution;
 use crate::ledger::{Ledger, Versioned};
 use crate::spec::Infno;
@@ -39,17 +39,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Takes one batch of one institution and transaction to the end.
-    pub async fn run(&self, institution: &Institution, infno: Infno, rows: Vec<BatchRow>) {
+    pub async fn run(&self, institution: &Institution, infno: Infno, rows: Vec<BatchRow>) -> Settlement {
         let code = &institution.fixmedins_code;
         if let Some(wait) = self.holds.wait(code) {
             let deliveries: Vec<&Delivery> = rows.iter().flat_map(|r| r.source.deliveries.iter()).collect();
-            self.settler.hold(&deliveries, wait).await;
-            return;
+            return self.settler.hold(&deliveries, wait).await;
         }
         let mut calls = 0;
         let trace = crate::telemetry::trace::BatchTrace::of(rows.iter().flat_map(|r| r.source.deliveries.iter()));
         let claimed = trace.scope(self.ledger.upload(&self.uploader, institution, infno, rows, &mut calls)).await;
-        self.settler.superseded(code, &claimed.superseded).await;
-        self.settler.settle(code, claimed.settled).await;
+        let mut settlement = self.settler.superseded(code, &claimed.superseded);
+        settlement.add(self.settler.settle(code, claimed.settled).await);
+        settlement
     }
 }

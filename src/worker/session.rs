@@ -7,15 +7,18 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::{Acker, Channel, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{Ack, AckWindow};
 use super::lanes::{Batch, LaneKey, Lanes};
 use super::pipeline::Pipeline;
+use super::settle::{Settlement, send_ack};
 use crate::broker::BrokerError;
 use crate::config::{AmqpSettings, Config};
 use crate::event::{self, Institutions};
@@ -23,6 +26,10 @@ use crate::event::{self, Institutions};
 /// tokio's timers fire on a millisecond tick, so a sleep ends up to about this much after
 /// its deadline.
 const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// At most 1/this of the prefetch may be settled deliveries waiting to be acked together
+/// ([`AckWindow`]); beyond that they are acked one by one.
+const ACKS_WAITING_SHARE: usize = 4;
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,8 +55,8 @@ pub struct Session<'a> {
 
 /// What a task reports back when its deliveries are settled.
 struct Done {
-    /// How many deliveries it settled.
-    deliveries: usize,
+    /// What became of its deliveries.
+    settlement: Settlement,
     /// For a batch: its lane and keys, which may go into calls again.
     keys: Option<(LaneKey, Vec<String>)>,
 }
@@ -72,9 +79,9 @@ impl Session<'_> {
         let codes: Vec<&str> = self.config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect();
         let mut lanes: Lanes<Delivery> = Lanes::new(self.config.batch.max_records, Duration::from_millis(self.config.batch.linger_ms));
         let mut tasks: JoinSet<Done> = JoinSet::new();
-        // Deliveries taken and not yet settled. At `prefetch` the broker sends no more until
-        // some are settled, so a lane waiting for its linger would only waste time.
-        let mut held: usize = 0;
+        // Deliveries taken and not acked yet. At `prefetch` the broker sends no more until
+        // some are acked, so a lane waiting for its linger would only waste time.
+        let mut acks: AckWindow<Acker> = AckWindow::new(usize::from(prefetch) / ACKS_WAITING_SHARE);
         let mut drain_deadline: Option<Instant> = None;
         // After the consumer is cancelled, deliveries the broker sent before the cancel
         // still arrive; the consumer ends after them.
@@ -82,6 +89,11 @@ impl Session<'_> {
 
         let result = loop {
             let draining = drain_deadline.is_some();
+            if acks.has_ready() && tasks.is_empty() && (lanes.is_empty() || acks.outstanding() >= usize::from(prefetch)) {
+                // Nothing in flight will move the low-water mark (only deliveries left
+                // unacked, or lanes waiting for their linger, hold it): ack what is settled.
+                send(acks.each()).await;
+            }
             if draining {
                 for batch in lanes.due(Instant::now(), true) {
                     self.dispatch(&mut tasks, batch);
@@ -89,7 +101,7 @@ impl Session<'_> {
                 if !consumer_open && lanes.is_empty() && tasks.is_empty() {
                     break Ok(SessionEnd::Drained);
                 }
-            } else if held >= usize::from(prefetch) && tasks.is_empty() {
+            } else if acks.outstanding() >= usize::from(prefetch) && tasks.is_empty() {
                 // Nothing more comes until something is settled, and nothing in flight
                 // will settle: rather than wait for the linger, send the fullest lane.
                 // (With batches in flight, their settling brings more deliveries; waiting
@@ -115,7 +127,7 @@ impl Session<'_> {
                 delivery = consumer.next(), if consumer_open => match delivery {
                     Some(Ok(delivery)) => {
                         crate::telemetry::metrics::delivery_taken();
-                        held += 1;
+                        acks.taken(delivery.delivery_tag);
                         if let Some(batch) = self.intake(&mut tasks, &mut lanes, &codes, delivery) {
                             self.dispatch(&mut tasks, batch);
                         }
@@ -132,7 +144,13 @@ impl Session<'_> {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     // A task that panicked settled nothing: its deliveries stay unacked.
                     if let Ok(done) = done {
-                        held = held.saturating_sub(done.deliveries);
+                        for tag in done.settlement.acked {
+                            acks.acked(tag);
+                        }
+                        for (tag, acker) in done.settlement.to_ack {
+                            acks.ready(tag, acker);
+                        }
+                        send(acks.due()).await;
                         if let Some((lane, keys)) = done.keys {
                             lanes.settled(&lane, keys);
                         }
@@ -144,6 +162,8 @@ impl Session<'_> {
         if result.is_err() {
             // The channel is gone: whatever is in flight can no longer be acked.
             tasks.abort_all();
+        } else {
+            send(acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
         crate::telemetry::metrics::session_ended();
@@ -168,10 +188,7 @@ impl Session<'_> {
             }
             Err(invalid) => {
                 let settler = self.pipeline.settler.clone();
-                tasks.spawn(async move {
-                    settler.invalid(&delivery, &invalid.to_string()).await;
-                    Done { deliveries: 1, keys: None }
-                });
+                tasks.spawn(async move { Done { settlement: settler.invalid(&delivery, &invalid.to_string()).await, keys: None } });
                 None
             }
         }
@@ -184,11 +201,15 @@ impl Session<'_> {
         let pipeline = self.pipeline.clone();
         tasks.spawn(async move {
             let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
-            let deliveries = batch.rows.iter().map(|r| r.source.deliveries.len()).sum();
-            pipeline.run(&institution, batch.lane.infno, batch.rows).await;
-            Done { deliveries, keys: Some((batch.lane, keys)) }
+            let settlement = pipeline.run(&institution, batch.lane.infno, batch.rows).await;
+            Done { settlement, keys: Some((batch.lane, keys)) }
         });
     }
+}
+
+/// Sends acks back to back.
+async fn send(acks: Vec<Ack<Acker>>) {
+    join_all(acks.iter().map(|ack| send_ack(&ack.acker, BasicAckOptions { multiple: ack.multiple }, ack.deliveries))).await;
 }
 
 /// Waits until the broker has taken every ack sent on the consume channel: acks have no

@@ -9,19 +9,22 @@
 //! | configuration (2, 3, 4, 30, HTTP 401/403/404) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
 //! | daily limit (11) | the institution is held until Beijing midnight; parked until then |
 //!
-//! A batch's deliveries are settled concurrently (acks written back to back, copies
-//! published under one confirm window). Parking and dead-lettering publish a copy with a
-//! broker confirm first and ack the original only then; if anything fails on the way, the original stays unacked and comes
-//! back (at least once, never lost).
+//! Deliveries to ack are not acked here: the settler reports them in a [`Settlement`] and
+//! the session acks them, together where it can ([`super::acks`]). Parking and
+//! dead-lettering publish a copy with a broker confirm first (a batch's copies under one
+//! confirm window) and ack the original only then, here and at once; if anything fails on
+//! the way, the original stays unacked and comes back (at least once, never lost).
 
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
+use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use super::acks::Tag;
 use super::holds::Holds;
 use crate::beijing;
 use crate::broker::{BrokerError, Publisher, Topology};
@@ -97,6 +100,34 @@ impl RetryState {
     }
 }
 
+/// What settling did to each delivery, for the session's acks. A delivery in neither list
+/// stays unacked until its channel closes (its copy could not be published).
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// Deliveries the session is to ack (their records were accepted or superseded).
+    pub to_ack: Vec<(Tag, Acker)>,
+    /// Deliveries acked here already (a copy took their place in another queue).
+    pub acked: Vec<Tag>,
+}
+
+impl Settlement {
+    /// Adds what another settlement did.
+    pub fn add(&mut self, other: Settlement) {
+        self.to_ack.extend(other.to_ack);
+        self.acked.extend(other.acked);
+    }
+
+    fn to_ack<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> Self {
+        Settlement { to_ack: deliveries.map(|d| (d.delivery_tag, d.acker.clone())).collect(), acked: Vec::new() }
+    }
+
+    /// The deliveries that were acked, of `moved` (each with whether its copy was
+    /// confirmed and the original acked).
+    fn moved<'a>(moved: impl Iterator<Item = (&'a Delivery, bool)>) -> Self {
+        Settlement { to_ack: Vec::new(), acked: moved.filter(|(_, acked)| *acked).map(|(d, _)| d.delivery_tag).collect() }
+    }
+}
+
 /// Carries out settlements on the broker.
 #[derive(Clone)]
 pub struct Settler {
@@ -114,67 +145,74 @@ impl Settler {
 
     /// Settles every delivery of an upload of `institution` by its outcome (the table in
     /// the module doc).
-    pub async fn settle(&self, institution: &str, settled: Vec<Settled<Carried<Delivery>>>) {
+    pub async fn settle(&self, institution: &str, settled: Vec<Settled<Carried<Delivery>>>) -> Settlement {
+        let mut settlement = Settlement::default();
         for group in settled {
             match group {
                 Settled::Accepted { rows, msgid, .. } => {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
                     crate::telemetry::metrics::accepted(institution, &rows);
-                    ack_all(rows.iter().flat_map(|row| row.source.deliveries.iter())).await;
+                    settlement.add(Settlement::to_ack(rows.iter().flat_map(|row| row.source.deliveries.iter())));
                 }
                 Settled::Refused { row, code, message } => {
                     self.holds.release(institution);
                     let error = format!("the platform refused record {}: returnCode {code}: {message}", row.record.key());
-                    join_all(row.source.deliveries.iter().map(|delivery| {
+                    let moved = join_all(row.source.deliveries.iter().map(|delivery| {
                         let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts + 1;
                         self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts)
                     }))
                     .await;
+                    settlement.add(Settlement::moved(row.source.deliveries.iter().zip(moved)));
                 }
                 Settled::Unsettled { rows, outcome } => {
                     let deliveries: Vec<&Delivery> = rows.iter().flat_map(|row| row.source.deliveries.iter()).collect();
                     match &outcome {
                         Outcome::Misconfigured { .. } => {
                             let wait = self.holds.hold_misconfigured(institution, &outcome.to_string());
-                            self.hold(&deliveries, wait).await;
+                            settlement.add(self.hold(&deliveries, wait).await);
                         }
                         Outcome::DailyLimit => {
                             let wait = self.holds.hold_until_midnight(institution);
-                            self.hold(&deliveries, wait).await;
+                            settlement.add(self.hold(&deliveries, wait).await);
                         }
                         _ => {
-                            join_all(deliveries.into_iter().map(|delivery| self.retry_later(delivery, &outcome))).await;
+                            let moved = join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome))).await;
+                            settlement.add(Settlement::moved(deliveries.into_iter().zip(moved)));
                         }
                     }
                 }
             }
         }
+        settlement
     }
 
-    /// Settles deliveries whose record is older than what was uploaded: acked, counted in
-    /// the log, never an error.
-    pub async fn superseded(&self, institution: &str, rows: &[crate::upload::Row<Carried<Delivery>>]) {
+    /// Settles deliveries whose record is older than what was uploaded: to be acked,
+    /// counted in the log, never an error.
+    pub fn superseded(&self, institution: &str, rows: &[crate::upload::Row<Carried<Delivery>>]) -> Settlement {
         crate::telemetry::metrics::superseded(institution, rows);
         for row in rows {
             tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
         }
-        ack_all(rows.iter().flat_map(|row| row.source.deliveries.iter())).await;
+        Settlement::to_ack(rows.iter().flat_map(|row| row.source.deliveries.iter()))
     }
 
     /// Dead-letters an invalid event (never sent).
-    pub async fn invalid(&self, delivery: &Delivery, error: &str) {
-        self.dead_letter(delivery, Reason::Invalid, error, None, 0).await;
+    pub async fn invalid(&self, delivery: &Delivery, error: &str) -> Settlement {
+        let acked = self.dead_letter(delivery, Reason::Invalid, error, None, 0).await;
+        Settlement::moved(std::iter::once((delivery, acked)))
     }
 
     /// Parks deliveries of a held institution until its next probe, counting no attempt.
-    pub async fn hold(&self, deliveries: &[&Delivery], wait: Duration) {
-        join_all(deliveries.iter().map(|delivery| self.park(delivery, wait))).await;
+    pub async fn hold(&self, deliveries: &[&Delivery], wait: Duration) -> Settlement {
+        let moved = join_all(deliveries.iter().map(|delivery| self.park(delivery, wait))).await;
+        Settlement::moved(deliveries.iter().copied().zip(moved))
     }
 
     /// Counts a failed attempt and parks the delivery for the next backoff step, or
-    /// dead-letters it as `exhausted` past the retry budget.
-    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) {
+    /// dead-letters it as `exhausted` past the retry budget. Returns whether the original
+    /// was acked.
+    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) -> bool {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let first = state.first_failed_at.unwrap_or(now);
@@ -182,8 +220,7 @@ impl Settler {
         let failing_for = (now - first).to_std().unwrap_or_default();
         if failing_for >= self.backoff.max_elapsed {
             let error = format!("failing for {}s over {attempts} attempts; the last: {outcome}", failing_for.as_secs());
-            self.dead_letter(delivery, Reason::Exhausted, &error, outcome.return_code(), attempts).await;
-            return;
+            return self.dead_letter(delivery, Reason::Exhausted, &error, outcome.return_code(), attempts).await;
         }
         let wait = self.backoff.delay(attempts);
         let mut headers = own_headers(delivery);
@@ -192,19 +229,23 @@ impl Settler {
         put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
         put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
-        if self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await {
+        let moved = self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
+        if moved {
             crate::telemetry::metrics::parked_for_retry(&delivery.data);
         }
+        moved
     }
 
-    /// Moves a delivery to a delay queue for `wait`, headers unchanged.
-    async fn park(&self, delivery: &Delivery, wait: Duration) {
+    /// Moves a delivery to a delay queue for `wait`, headers unchanged. Returns whether the
+    /// original was acked.
+    async fn park(&self, delivery: &Delivery, wait: Duration) -> bool {
         let headers = own_headers(delivery);
-        self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
+        self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await
     }
 
     /// Publishes a dead letter (contract §2) and acks the original once it is confirmed.
-    async fn dead_letter(&self, delivery: &Delivery, reason: Reason, error: &str, return_code: Option<u32>, attempts: u32) {
+    /// Returns whether it was.
+    async fn dead_letter(&self, delivery: &Delivery, reason: Reason, error: &str, return_code: Option<u32>, attempts: u32) -> bool {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let mut headers = own_headers(delivery);
@@ -218,9 +259,11 @@ impl Settler {
         put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
         tracing::warn!(reason = reason.as_str(), message_id = ?delivery.properties.message_id(), "dead-lettering: {error}");
         let queue = self.topology.dead_letter_queue.clone();
-        if self.republish(delivery, &queue, headers, None).await {
+        let moved = self.republish(delivery, &queue, headers, None).await;
+        if moved {
             crate::telemetry::metrics::dead_lettered(&delivery.data, reason.as_str());
         }
+        moved
     }
 
     /// Publishes the delivery's body and properties with `headers` to `queue` (optionally
@@ -244,16 +287,16 @@ impl Settler {
     }
 }
 
-/// Acks deliveries all at once (lapin writes the frames back to back instead of waiting
-/// for each in turn).
-async fn ack_all(deliveries: impl Iterator<Item = &Delivery>) {
-    join_all(deliveries.map(ack)).await;
-}
-
 /// Acks a delivery; if its channel is gone the broker redelivers it, which is safe.
 async fn ack(delivery: &Delivery) {
-    crate::telemetry::metrics::delivery_settled();
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+    send_ack(&delivery.acker, BasicAckOptions::default(), 1).await;
+}
+
+/// Sends one ack settling `deliveries` deliveries; if the channel is gone the broker
+/// redelivers them, which is safe.
+pub async fn send_ack(acker: &Acker, options: BasicAckOptions, deliveries: usize) {
+    crate::telemetry::metrics::deliveries_settled(deliveries);
+    if let Err(error) = acker.ack(options).await {
         tracing::debug!("ack failed, the message will be redelivered: {error}");
     }
 }
