@@ -520,9 +520,14 @@ impl Config {
         u16::try_from(wanted.max(100)).unwrap_or(u16::MAX)
     }
 
-    /// The worker's prefetch: `amqp.prefetch` if set, else [`Config::lanes_prefetch`].
+    /// The worker's prefetch: `amqp.prefetch` if set, else [`Config::lanes_prefetch`] and a
+    /// quarter more (1 250 for one institution with the defaults): the room beyond the
+    /// lanes' need is where settled deliveries wait to be acked together.
     pub fn worker_prefetch(&self) -> u16 {
-        self.amqp.as_ref().and_then(|a| a.prefetch).unwrap_or_else(|| self.lanes_prefetch())
+        self.amqp.as_ref().and_then(|a| a.prefetch).unwrap_or_else(|| {
+            let lanes = usize::from(self.lanes_prefetch());
+            u16::try_from(lanes + lanes / 4).unwrap_or(u16::MAX)
+        })
     }
 }
 
@@ -568,9 +573,10 @@ mod tests {
     #[test]
     fn the_prefetch_is_sized_for_the_lanes_unless_set() {
         let c = Config::from_toml(TOML, env(&[])).unwrap();
-        assert_eq!(c.worker_prefetch(), 1000, "one institution: (6 lanes + 4 in flight) × 100");
+        assert_eq!(c.lanes_prefetch(), 1000, "one institution: (6 lanes + 4 in flight) × 100");
+        assert_eq!(c.worker_prefetch(), 1250, "and a quarter for acks waiting to go together");
         let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__BATCH__MAX_IN_FLIGHT_PER_INSTITUTION", "2")])).unwrap();
-        assert_eq!(c.worker_prefetch(), 800);
+        assert_eq!((c.lanes_prefetch(), c.worker_prefetch()), (800, 1000));
         let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__PREFETCH", "50")])).unwrap();
         assert_eq!((c.worker_prefetch(), c.lanes_prefetch()), (50, 1000));
     }

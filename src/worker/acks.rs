@@ -5,9 +5,10 @@
 //!
 //! A delivery that is not settled is never covered: acks with `multiple` stop below the
 //! oldest unsettled delivery (the low-water mark). Settled deliveries above it wait for it
-//! to move, but only up to a limit: past it (and whenever the session asks, e.g. when it
-//! holds its whole prefetch or is idle) they are acked one by one, so that waiting acks
-//! never starve the prefetch. A delivery left unacked on purpose (its copy could not be
+//! to move, but only up to a limit, the prefetch's room beyond what the lanes need to fill
+//! their calls: past it (and whenever the session asks, e.g. when it holds its whole
+//! prefetch or is idle) they are acked one by one, so that waiting acks never starve the
+//! lanes. A delivery left unacked on purpose (its copy could not be
 //! published) stays unsettled until the channel closes, and no ack ever covers it.
 
 use std::collections::{BTreeMap, BTreeSet};
