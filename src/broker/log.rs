@@ -30,7 +30,8 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::protocol::AMQPSoftError;
+use lapin::{BasicProperties, Channel, Connection, Consumer, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -44,6 +45,12 @@ pub const STREAM_PREFETCH: u16 = 100;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Segment size of the streams: retention drops whole segments, so keep them small.
 const SEGMENT_BYTES: i64 = 1_000_000;
+/// A stream another connection has just declared may refuse consumers for a moment, with
+/// PRECONDITION_FAILED "… does not have a replica on the local node", until the broker has
+/// started it: opening the log is tried this many times, this far apart, before that is an
+/// error (two workers starting together in a fresh vhost meet it).
+const STREAM_START_ATTEMPTS: u32 = 50;
+const STREAM_START_PAUSE: Duration = Duration::from_millis(100);
 
 /// State built by folding a log's entries in order.
 pub trait Fold: Send + 'static {
@@ -111,20 +118,18 @@ impl<F: Fold> StreamLog<F> {
     /// Declares the stream, replays it from `settings.replay_from` into `fold`, and returns
     /// once the replay has caught up with the end of the log.
     pub async fn open(connection: &Connection, settings: &LogSettings, fold: F) -> Result<Self, LogError> {
-        let channel = connection.create_channel().await.map_err(BrokerError::from)?;
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-        arguments.insert("x-max-age".into(), AMQPValue::LongString(settings.max_age.as_str().into()));
-        arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel.queue_declare(settings.name.as_str().into(), durable, arguments).await.map_err(BrokerError::from)?;
-        channel.basic_qos(STREAM_PREFETCH, BasicQosOptions::default()).await.map_err(BrokerError::from)?;
-        let mut offset = FieldTable::default();
-        offset.insert("x-stream-offset".into(), AMQPValue::Timestamp(settings.replay_from.timestamp().max(0) as u64));
-        let consumer = channel
-            .basic_consume(settings.name.as_str().into(), format!("els-bridge-{}", nonce()).into(), BasicConsumeOptions::default(), offset)
-            .await
-            .map_err(BrokerError::from)?;
+        let mut attempt = 1;
+        let (channel, consumer) = loop {
+            match consume(connection, settings).await {
+                Ok(opened) => break opened,
+                Err(error) if attempt < STREAM_START_ATTEMPTS && is_starting(&error) => {
+                    tracing::debug!(stream = %settings.name, attempt, "the stream is still starting: {error}");
+                    attempt += 1;
+                    tokio::time::sleep(STREAM_START_PAUSE).await;
+                }
+                Err(error) => return Err(BrokerError::from(error).into()),
+            }
+        };
         let inner = Arc::new(Mutex::new(Inner { fold, awaited: HashMap::new(), ended: None }));
         let reader = tokio::spawn(read(channel, consumer, Arc::clone(&inner), settings.name.clone()));
         let log = StreamLog { stream: settings.name.clone(), publisher: Publisher::open(connection).await?, inner, reader };
@@ -218,6 +223,30 @@ fn entry_properties(id: &str) -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2).with_message_id(id.into())
 }
 
+/// Declares the stream on a channel of its own and consumes it from `replay_from`.
+async fn consume(connection: &Connection, settings: &LogSettings) -> Result<(Channel, Consumer), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    arguments.insert("x-max-age".into(), AMQPValue::LongString(settings.max_age.as_str().into()));
+    arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(settings.name.as_str().into(), durable, arguments).await?;
+    channel.basic_qos(STREAM_PREFETCH, BasicQosOptions::default()).await?;
+    let mut offset = FieldTable::default();
+    offset.insert("x-stream-offset".into(), AMQPValue::Timestamp(settings.replay_from.timestamp().max(0) as u64));
+    let consumer = channel
+        .basic_consume(settings.name.as_str().into(), format!("els-bridge-{}", nonce()).into(), BasicConsumeOptions::default(), offset)
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Whether the broker refused a stream because it is still starting it.
+fn is_starting(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id() && e.get_message().as_str().contains("replica"))
+}
+
 /// Applies the stream to `inner` until the consumer ends, then marks the log as ended.
 async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mutex<Inner<F>>>, stream: String) {
     let mut unacked = 0;
@@ -289,5 +318,18 @@ mod tests {
         assert!(receiver.try_recv().is_ok());
         assert_eq!(inner.fold.0, 2);
         assert_eq!(serde_json::to_string(&Entry::<i64> { id: "m".into(), change: None }).unwrap(), r#"{"id":"m"}"#);
+    }
+
+    #[test]
+    fn only_a_stream_still_starting_is_tried_again() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind};
+        let refusal = |kind: AMQPSoftError, message: &str| -> lapin::Error {
+            ErrorKind::ProtocolError(AMQPError::new(AMQPErrorKind::Soft(kind), message.into())).into()
+        };
+        let starting = "PRECONDITION_FAILED - stream queue 'els.ledger' in vhost 'v' does not have a replica on the local node";
+        assert!(is_starting(&refusal(AMQPSoftError::PRECONDITIONFAILED, starting)));
+        let other_arguments = "PRECONDITION_FAILED - inequivalent arg 'x-max-age' for queue 'els.ledger' in vhost 'v'";
+        assert!(!is_starting(&refusal(AMQPSoftError::PRECONDITIONFAILED, other_arguments)), "a real misconfiguration fails at once");
+        assert!(!is_starting(&refusal(AMQPSoftError::ACCESSREFUSED, "ACCESS_REFUSED - no replica needed")));
     }
 }
