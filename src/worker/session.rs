@@ -88,7 +88,7 @@ impl Session<'_> {
             if acks.has_ready() && tasks.is_empty() && (lanes.is_empty() || acks.outstanding() >= usize::from(prefetch)) {
                 // Nothing in flight will move the low-water mark (only deliveries left
                 // unacked, or lanes waiting for their linger, hold it): ack what is settled.
-                send(acks.each()).await;
+                send_acks(acks.each()).await;
             }
             if draining {
                 for batch in lanes.due(Instant::now(), true) {
@@ -146,7 +146,7 @@ impl Session<'_> {
                         for (tag, acker) in done.settlement.to_ack {
                             acks.ready(tag, acker);
                         }
-                        send(acks.due()).await;
+                        send_acks(acks.due()).await;
                         if let Some((lane, keys)) = done.keys {
                             lanes.settled(&lane, keys);
                         }
@@ -159,7 +159,7 @@ impl Session<'_> {
             // The channel is gone: whatever is in flight can no longer be acked.
             tasks.abort_all();
         } else {
-            send(acks.each()).await;
+            send_acks(acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
         crate::telemetry::metrics::session_ended();
@@ -204,7 +204,7 @@ impl Session<'_> {
 }
 
 /// Sends acks back to back.
-async fn send(acks: Vec<Ack<Acker>>) {
+async fn send_acks(acks: Vec<Ack<Acker>>) {
     join_all(acks.iter().map(|ack| send_ack(&ack.acker, BasicAckOptions { multiple: ack.multiple }, ack.deliveries))).await;
 }
 

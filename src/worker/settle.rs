@@ -117,7 +117,8 @@ impl Settlement {
         self.acked.extend(other.acked);
     }
 
-    fn to_ack<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> Self {
+    /// All of `deliveries`, for the session to ack.
+    fn acking<'a>(deliveries: impl Iterator<Item = &'a Delivery>) -> Self {
         Settlement { to_ack: deliveries.map(|d| (d.delivery_tag, d.acker.clone())).collect(), acked: Vec::new() }
     }
 
@@ -153,7 +154,7 @@ impl Settler {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
                     crate::telemetry::metrics::accepted(institution, &rows);
-                    settlement.add(Settlement::to_ack(rows.iter().flat_map(|row| row.source.deliveries.iter())));
+                    settlement.add(Settlement::acking(rows.iter().flat_map(|row| row.source.deliveries.iter())));
                 }
                 Settled::Refused { row, code, message } => {
                     self.holds.release(institution);
@@ -194,7 +195,7 @@ impl Settler {
         for row in rows {
             tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
         }
-        Settlement::to_ack(rows.iter().flat_map(|row| row.source.deliveries.iter()))
+        Settlement::acking(rows.iter().flat_map(|row| row.source.deliveries.iter()))
     }
 
     /// Dead-letters an invalid event (never sent).
