@@ -298,8 +298,7 @@ async fn connect(url: &str) -> Result<Connection> {
 /// Declares the worker's topology (the work queue is the quorum queue `els.events`).
 async fn declare(url: &str) -> Result<()> {
     let connection = connect(url).await?;
-    let channel = connection.create_channel().await?;
-    Topology::new(&AmqpSettings::default(), &RetrySettings::default()).declare(&channel).await?;
+    Topology::new(&AmqpSettings::default(), &RetrySettings::default()).declare(&connection).await?;
     let _ = connection.close(200, "declared".into()).await;
     Ok(())
 }

@@ -85,7 +85,7 @@ impl Raw {
         }
     }
 
-    /// The headers without the broker's delivery counter.
+    /// The headers without the broker's delivery counters (`x-acquired-count`: RabbitMQ 4).
     fn own_headers(&self) -> BTreeMap<String, AMQPValue> {
         let mut headers: BTreeMap<String, AMQPValue> = self
             .properties
@@ -94,6 +94,7 @@ impl Raw {
             .map(|h| h.inner().iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
             .unwrap_or_default();
         headers.remove("x-delivery-count");
+        headers.remove("x-acquired-count");
         headers
     }
 }
@@ -306,6 +307,36 @@ async fn stats_peek_and_dry_run_leave_every_message_in_place_in_order_with_its_h
         assert_eq!(raw.own_headers(), published, "{}", raw.id());
         let reads = raw.text("x-delivery-count").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         assert!(reads >= 3, "{}: read by stats twice and the dry run, x-delivery-count {reads}", raw.id());
+    }
+    client.close().await;
+}
+
+/// RabbitMQ 4 drops a quorum-queue message returned more than 20 times unless its queue
+/// says otherwise: the dead-letter queue the worker declares must keep every dead letter
+/// through more reads than that (on 3.10 there is no such limit; the test runs on both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_read_25_times_are_all_still_there() {
+    const READS: usize = 25;
+    let vhost = unique_vhost("dlq-25-reads");
+    let dir = tempfile::tempdir().unwrap();
+    let config = amqp_config(dir.path(), vhost.url());
+    Amqp::connect(vhost.url()).await.declare(&test_retry()).await;
+    let client = Client::connect(vhost.url()).await;
+    let letters = letters(40);
+    fill_dead_letter_queue(&client, &letters).await;
+
+    for read in 1..=READS {
+        // Both read every message, peek too (it holds what it does not show).
+        let command: &[&str] = if read % 2 == 0 { &["dlq", "stats", "--json"] } else { &["dlq", "peek", "-n", "5"] };
+        let output = els(command, &config);
+        assert!(output.status.success(), "read {read}: {}", show(&output));
+    }
+
+    let after = client.take_all("els.dead").await;
+    assert_eq!(after.iter().map(Raw::id).collect::<Vec<_>>(), letters.iter().map(|l| l.id.clone()).collect::<Vec<_>>());
+    for raw in &after {
+        let reads = raw.text("x-delivery-count").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        assert!(reads >= READS, "{}: the broker counted {reads} reads of {READS}", raw.id());
     }
     client.close().await;
 }

@@ -425,3 +425,68 @@ async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// A worker goes through a token refresh and keeps uploading. On RabbitMQ 4.3 with
+/// `deprecated_features.permit.transient_nonexcl_queues = false` (the suite's broker) this
+/// failed before the refresh lock became a durable queue: the broker closed the connection
+/// at the first token request, and nothing was ever uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_uploads_through_a_token_refresh() {
+    let sim = TestSimulator::builder().institutions(1).arg("--token-validity-secs", 10).arg("--token-refresh-window-secs", 8).start();
+    let World { sim, vhost, amqp } = World::new("token-refresh", sim).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 100);
+    let text = std::fs::read_to_string(&config).unwrap().replace("[platform]\n", "[platform]\ntoken_refresh_lead_secs = 6\n");
+    std::fs::write(&config, text).unwrap();
+    let mut worker = WorkerProcess::start(&config, "refresh");
+
+    let (first, mut expected) = first_wave(&[&code], 3);
+    amqp.publish(&first).await;
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    // The worker refreshes a token with fewer than 6 s left: a wave published after that
+    // point needs a new one.
+    let expires_at = sim.tokens().await.institutions[0].expires_at.expect("a token was issued");
+    let second: Vec<Value> = (0..12)
+        .map(|i| {
+            let infno = Infno::UPLOADS[i % 6];
+            let key = format!("AFTER-REFRESH-{i}");
+            expected.insert((code.clone(), infno, key.clone()), "2".into());
+            event(infno, &code, None, row(infno, &key, "2"))
+        })
+        .collect();
+    eventually("the first token is within its refresh lead", Duration::from_secs(15), async || {
+        (expires_at - chrono::Utc::now() < chrono::Duration::seconds(6)).then_some(())
+    })
+    .await;
+    amqp.publish(&second).await;
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    let tokens = sim.tokens().await;
+    assert!(tokens.institutions[0].issued >= 2, "the token was refreshed: {tokens:?}\n{}", worker.logs());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// The work and dead-letter queues of an earlier release have no delivery-limit argument:
+/// the worker uses them as they are (the broker refuses a redeclare with other arguments)
+/// and tells the operator, once, how to keep RabbitMQ 4 from dropping messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_of_an_earlier_release_are_used_as_they_are_and_the_operator_is_told() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = unique_vhost("earlier-queues");
+    let amqp = Amqp::connect(vhost.url()).await;
+    amqp.declare_as_an_earlier_release(&["els.events", "els.dead"]).await;
+    amqp.declare(&common::worker::test_retry()).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 100);
+    let mut worker = WorkerProcess::start(&config, "earlier-queues");
+
+    let (events, expected) = first_wave(&[&code], 4);
+    amqp.publish(&events).await;
+    wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    let logs = worker.logs();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("created by an earlier release without a delivery limit")).collect();
+    assert_eq!(warnings.len(), 1, "one warning:\n{logs}");
+    assert!(warnings[0].contains("els.events, els.dead") && warnings[0].contains("set_policy"), "{}", warnings[0]);
+    amqp.close().await;
+}

@@ -9,15 +9,45 @@
 //! | `els.delay.long` | quorum queue | waits longer than the longest step (daily call limit until Beijing midnight), each message with its own expiry |
 //!
 //! Token sharing and msgid slots add their own names (see their modules).
+//!
+//! # Delivery limit
+//!
+//! RabbitMQ 4.0 and later give every quorum queue a delivery limit of 20 unless a policy or
+//! argument says otherwise: a message handed back more than 20 times (workers crashing on
+//! it, every read by `dlq stats` / `dlq peek`) is dropped. The work and dead-letter queues
+//! are therefore declared with `x-delivery-limit` = [`DELIVERY_LIMIT`], a count no message
+//! reaches, on every version. Not `-1`: RabbitMQ 4 reads it as "unlimited", but 3.x drops a
+//! message at its first redelivery with it (tried on 3.10.8). The argument does not block a
+//! later change: a policy's `delivery-limit` still applies (the broker takes the lower of a
+//! positive policy and the argument).
+//!
+//! A queue created by an earlier release has no such argument, and redeclaring it with one
+//! is refused (PRECONDITION_FAILED). That mismatch is tolerated: the queue is used as it
+//! is, and [`Declared::without_delivery_limit`] names it so that the worker can tell the
+//! operator to set a policy.
 
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::protocol::AMQPSoftError;
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use super::BrokerError;
 use crate::config::{AmqpSettings, RetrySettings};
+
+/// The `x-delivery-limit` of the work and dead-letter queues: effectively none (see the
+/// module documentation).
+pub const DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// What [`Topology::declare`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Queues that exist without the `x-delivery-limit` argument (declared by an earlier
+    /// release): on RabbitMQ 4.0 and later they drop a message delivered more than 20 times
+    /// unless a policy sets `delivery-limit`.
+    pub without_delivery_limit: Vec<String>,
+}
 
 /// The names of the worker's exchanges and queues, and the delay steps.
 #[derive(Debug, Clone)]
@@ -72,12 +102,19 @@ impl Topology {
         format!("{}.delay.long", self.prefix)
     }
 
-    /// Declares everything; safe to repeat, and fails with the broker's reason when an
-    /// existing queue was declared with other arguments.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares everything, each step on a fresh channel of `connection` where a refusal can
+    /// close it; safe to repeat, and fails with the broker's reason when an existing queue
+    /// was declared with other arguments (except the tolerated delivery limit).
+    pub async fn declare(&self, connection: &Connection) -> Result<Declared, BrokerError> {
+        let channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        declare_quorum(channel, &self.queue, FieldTable::default()).await?;
+        let mut declared = Declared::default();
+        for queue in [&self.queue, &self.dead_letter_queue] {
+            if !declare_with_delivery_limit(connection, queue).await? {
+                declared.without_delivery_limit.push(queue.clone());
+            }
+        }
         channel
             .queue_bind(
                 self.queue.as_str().into(),
@@ -87,14 +124,14 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        declare_quorum(channel, &self.dead_letter_queue, FieldTable::default()).await?;
         for step in &self.delay_steps_ms {
             let mut arguments = self.back_to_work();
             arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*step as i64));
-            declare_quorum(channel, &self.step_queue(*step), arguments).await?;
+            declare_quorum(&channel, &self.step_queue(*step), arguments).await?;
         }
-        declare_quorum(channel, &self.long_delay_queue(), self.back_to_work()).await?;
-        Ok(())
+        declare_quorum(&channel, &self.long_delay_queue(), self.back_to_work()).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(declared)
     }
 
     /// Arguments that send expired messages back to the work queue, at least once.
@@ -106,6 +143,36 @@ impl Topology {
         arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
         arguments
     }
+}
+
+/// Declares the quorum queue `name` with [`DELIVERY_LIMIT`]; `Ok(false)` when it already
+/// exists without that argument (then it is declared as it is, on a channel of its own,
+/// since the refusal closed the first).
+async fn declare_with_delivery_limit(connection: &Connection, name: &str) -> Result<bool, BrokerError> {
+    let channel = connection.create_channel().await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    match declare_quorum(&channel, name, arguments).await {
+        Ok(()) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(true)
+        }
+        Err(BrokerError::Amqp(error)) if lacks_delivery_limit(&error) => {
+            let channel = connection.create_channel().await?;
+            declare_quorum(&channel, name, FieldTable::default()).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether the broker refused a declare because the queue exists without `x-delivery-limit`.
+fn lacks_delivery_limit(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id()
+            && e.get_message().as_str().contains("inequivalent arg 'x-delivery-limit'")
+            && e.get_message().as_str().contains("current is none"))
 }
 
 async fn declare_quorum(channel: &Channel, name: &str, mut arguments: FieldTable) -> Result<(), BrokerError> {
@@ -127,5 +194,23 @@ mod tests {
         assert_eq!(t.delay_queue(Duration::from_millis(1500)), "els.delay.2000");
         assert_eq!(t.delay_queue(Duration::from_secs(60)), "els.delay.60000");
         assert_eq!(t.delay_queue(Duration::from_secs(3600)), "els.delay.long");
+    }
+
+    #[test]
+    fn only_a_missing_delivery_limit_is_tolerated() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind};
+        let refusal = |message: &str| -> lapin::Error {
+            let error = AMQPError::new(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED), message.into());
+            ErrorKind::ProtocolError(error).into()
+        };
+        // The texts of RabbitMQ 3.10.8 and 4.3.6.
+        let missing = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'els.events' in vhost '/': \
+                       received the value '1000000000' of type 'long' but current is none";
+        assert!(lacks_delivery_limit(&refusal(missing)));
+        let other = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'els.events' in vhost '/': \
+                     received the value '1000000000' of type 'long' but current is the value '5' of type 'long'";
+        assert!(!lacks_delivery_limit(&refusal(other)), "a limit chosen by someone else is not overwritten silently");
+        let queue_type = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'els.events' in vhost '/'";
+        assert!(!lacks_delivery_limit(&refusal(queue_type)));
     }
 }

@@ -27,8 +27,8 @@ use crate::dlq::replay::{Outcome, republish};
 use crate::dlq::{DeadLetter, Filter, Reader, Reason, Replayer, Stats};
 use crate::spec::Infno;
 
-/// A message read this often is close to the `delivery-limit` of RabbitMQ 4.0–4.2 (20 by
-/// default), past which the broker drops it: warn.
+/// A message read this often is close to the default `delivery-limit` of RabbitMQ 4 (20),
+/// past which the broker drops it from a queue that has no higher limit: warn.
 const MANY_READS: i64 = 15;
 
 /// How long closing the connection may take.
@@ -37,8 +37,9 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Options of `els-bridge dlq`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Reading never removes or reorders anything; only `replay` (without --dry-run) moves messages.\n\
-Each read adds one to the broker's x-delivery-count of every message read. On RabbitMQ 4.0 to 4.2, quorum queues \
-drop a message after delivery-limit (default 20) returns: give the dead-letter queue a policy with delivery-limit = -1.")]
+Each read adds one to the broker's x-delivery-count of every message read. RabbitMQ 4.0 and later drop a message from \
+a quorum queue after delivery-limit returns (20 by default): the worker declares the dead-letter queue with a limit no \
+message reaches; one created by a release before that needs a policy (README, RabbitMQ versions).")]
 pub struct DlqArgs {
     #[command(subcommand)]
     command: DlqCommand,
@@ -203,8 +204,9 @@ impl Warnings {
         if !self.many_reads && letter.delivery_count.is_some_and(|n| n >= MANY_READS) {
             self.many_reads = true;
             eprintln!(
-                "warning: some dead letters were delivered {}+ times (x-delivery-count); RabbitMQ 4.0 to 4.2 drop quorum-queue \
-                 messages past delivery-limit (default 20): give the dead-letter queue a policy with delivery-limit = -1",
+                "warning: some dead letters were delivered {}+ times (x-delivery-count); RabbitMQ 4.0 and later drop a \
+                 quorum-queue message past its delivery-limit (20 unless set): if the worker warned that this queue has no \
+                 delivery limit argument, give it the policy shown in README (RabbitMQ versions) before reading it again",
                 MANY_READS
             );
         }

@@ -21,10 +21,12 @@
 //! to the head of a quorum queue in delivery order, so the queue afterwards holds the same
 //! messages in the same order with the same properties and headers. What the broker does
 //! change is its own delivery counter: every read adds one to `x-delivery-count` (on
-//! RabbitMQ 4.3 and later also `x-acquired-count`). RabbitMQ 4.x quorum queues with a
-//! `delivery-limit` (4.0 to 4.2 set 20 by default) drop a message returned more often than
-//! that, so on those versions the dead-letter queue needs a policy with
-//! `delivery-limit = -1`; the reader warns when a message it reads has been read often.
+//! RabbitMQ 4.x also to `x-acquired-count`). RabbitMQ 4.0 and later drop a message from a
+//! quorum queue once it was returned more often than its `delivery-limit`, 20 unless a
+//! policy or argument says otherwise. The worker declares the dead-letter queue with a
+//! limit no message reaches ([`DELIVERY_LIMIT`](crate::broker::topology::DELIVERY_LIMIT));
+//! a queue created by an earlier release lacks it and needs a policy there (README,
+//! RabbitMQ versions), and the reader warns when a message it reads has been read often.
 //!
 //! A killed reader loses nothing: the broker returns every unacknowledged message when the
 //! connection drops.

@@ -16,12 +16,13 @@ pub mod pipeline;
 pub mod session;
 pub mod settle;
 
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::topology::{DELIVERY_LIMIT, Declared};
 use crate::broker::{self, BrokerError, Publisher, Topology};
 use crate::config::{AmqpSettings, Config};
 use crate::ledger::Ledger;
@@ -113,6 +114,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     Ok(())
 }
 
+/// Tells the operator, once per process, which queues RabbitMQ 4 may drop messages from.
+fn warn_of_delivery_limit(declared: &Declared) {
+    static WARNED: Once = Once::new();
+    if declared.without_delivery_limit.is_empty() {
+        return;
+    }
+    WARNED.call_once(|| {
+        let queues = declared.without_delivery_limit.join(", ");
+        let pattern: Vec<String> = declared.without_delivery_limit.iter().map(|q| q.replace('.', "\\.")).collect();
+        tracing::warn!(
+            queues = %queues,
+            "{queues}: created by an earlier release without a delivery limit argument. On RabbitMQ 4.0 and later such a \
+             quorum queue drops a message delivered more than 20 times (a crash loop, repeated dlq reads) unless a policy \
+             sets delivery-limit; on 3.x there is no such limit. Unless a policy is in place, set one (right on 3.x too): \
+             rabbitmqctl set_policy -p <vhost> --apply-to queues els-delivery-limit '^({})$' '{{\"delivery-limit\":{DELIVERY_LIMIT}}}' \
+             (README: RabbitMQ versions)",
+            pattern.join("|")
+        );
+    });
+}
+
 /// One connection: declare, share tokens and msgid slot, consume until lost or drained.
 async fn connect_and_run(
     config: &Config,
@@ -140,9 +162,8 @@ async fn run_connected(
     connection: &Connection,
 ) -> Result<SessionEnd, BrokerError> {
     let topology = Topology::new(amqp, &config.retry);
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    let declared = topology.declare(connection).await?;
+    warn_of_delivery_limit(&declared);
 
     let store = broker::token_store::start(connection, &amqp.name_prefix).await?;
     let slot = broker::msgid_slot::claim_msgid_slot(connection, &amqp.name_prefix).await?;

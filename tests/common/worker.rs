@@ -14,7 +14,7 @@ use els_bridge::config::{AmqpSettings, RetrySettings};
 
 use super::broker::{TestVhost, unique_vhost};
 use super::simulator::TestSimulator;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -155,7 +155,18 @@ impl Amqp {
 
     /// Declares the worker's default topology (as a worker would at start-up).
     pub async fn declare(&self, retry: &RetrySettings) {
-        Topology::new(&AmqpSettings::default(), retry).declare(&self.channel).await.expect("declare the topology");
+        Topology::new(&AmqpSettings::default(), retry).declare(&self.connection).await.expect("declare the topology");
+    }
+
+    /// Declares `queues` as releases before the delivery limit did: quorum queues without
+    /// arguments (the work queue is bound by [`Amqp::declare`] afterwards).
+    pub async fn declare_as_an_earlier_release(&self, queues: &[&str]) {
+        for queue in queues {
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            let options = QueueDeclareOptions { durable: true, ..Default::default() };
+            self.channel.queue_declare((*queue).into(), options, arguments).await.expect("declare a queue as before");
+        }
     }
 
     /// Publishes events to `els.events` (routing key `<infno>.<code>`), confirmed one by one.
