@@ -17,7 +17,10 @@ use els_bridge::broker::{self as bridge, AmqpTokenStore, claim_msgid_slot, token
 use els_bridge::config::AmqpSettings;
 use els_bridge::platform::token::{RefreshLock, StoreError};
 use els_bridge::platform::{MsgIds, PlatformClient, Token, TokenStore, Tokens};
-use lapin::Connection;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -407,4 +410,70 @@ async fn three_replicas_share_one_token_issued_once_and_refreshed_once() {
     let (_late_connection, late) = replica().await;
     assert_eq!(late.get(&institution).await.unwrap(), second[0]);
     assert_eq!(simulator.tokens().await.institutions[0].issued, 2);
+}
+
+/// A fleet upgraded in place: the broker still holds the refresh-lock queue of the release
+/// before (a non-durable classic queue `<prefix>.token.<code>.lock`, held by an old replica
+/// in the middle of a refresh). The new stores take their own lock and tokens keep flowing:
+/// one token issued, one refresh, no refusal. Needs a broker that still permits transient
+/// non-exclusive queues, where such a queue can exist: scripts/test.sh runs it on 3.10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_fleet_keeps_tokens_flowing_beside_the_old_lock_queues() {
+    const VALIDITY_SECS: u64 = 8;
+    const LEAD: Duration = Duration::from_secs(4);
+    let vhost = unique_vhost("token-store-upgrade");
+    let simulator = TestSimulator::builder()
+        .institutions(1)
+        .arg("--token-validity-secs", VALIDITY_SECS)
+        .arg("--token-refresh-window-secs", 5)
+        .start();
+    let institution = simulator.config().institutions[0].clone();
+    let old_queue = format!("{PREFIX}.token.{}.lock", institution.fixmedins_code);
+
+    // The old replica: its lock queue exactly as the release before declared it, and the
+    // baton in its hands.
+    let old_connection = connect(vhost.url()).await;
+    let old = old_connection.create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
+    old.queue_declare(old_queue.as_str().into(), QueueDeclareOptions::default(), arguments).await.unwrap_or_else(|e| {
+        panic!("cannot declare the old lock queue ({e}): this test needs a broker that permits transient non-exclusive queues")
+    });
+    let mut holder = old
+        .basic_consume(old_queue.as_str().into(), "old-replica".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let probe = BasicProperties::default().with_delivery_mode(1);
+    old.basic_publish("".into(), old_queue.as_str().into(), BasicPublishOptions::default(), b"", probe).await.unwrap();
+    let _baton = tokio::time::timeout(Duration::from_secs(10), holder.next()).await.expect("the old replica's baton").unwrap();
+
+    // Two upgraded replicas.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let connection = connect(vhost.url()).await;
+        let slot = claim_msgid_slot(&connection, PREFIX).await.unwrap();
+        let client = PlatformClient::new(&simulator.config().platform, Arc::new(MsgIds::new(slot))).unwrap();
+        let tokens = Tokens::new(start(&connection).await, client, LEAD);
+        replicas.push((connection, tokens));
+    }
+    let first = replicas[0].1.get(&institution).await.expect("a token on the upgraded fleet");
+    assert_eq!(replicas[1].1.get(&institution).await.unwrap(), first);
+    wait_until("the token is inside the refresh window", Duration::from_secs(VALIDITY_SECS), || async {
+        first.remaining(Utc::now()) < LEAD
+    })
+    .await;
+    let second = replicas[1].1.get(&institution).await.expect("a refreshed token on the upgraded fleet");
+    assert_ne!(second, first);
+    assert_eq!(replicas[0].1.get(&institution).await.unwrap(), second);
+    let view = simulator.tokens().await;
+    assert_eq!(view.institutions[0].issued, 2, "one token and one refresh");
+    assert_eq!(simulator.counters().await.by_return_code.get(&9), None, "no replica was refused a token");
+
+    // The old queue was left alone: its baton still held, nothing else in it.
+    let counts = vhost.queue_counts(&old_queue).expect("the old lock queue is still there");
+    assert_eq!(counts, QueueCounts::new(0, 1));
+    let new_queue = token_store::lock_queue_name(PREFIX, &institution.fixmedins_code);
+    assert!(vhost.queue_counts(&new_queue).is_some(), "the new lock queue {new_queue} was used");
 }

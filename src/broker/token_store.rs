@@ -12,7 +12,18 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `els.tokens` | stream (durable, `x-max-age` 2 days, 1 MB segments) | the log of every token change |
-//! | `els.token.<fixmedins_code>.lock` | classic queue, non-durable, `x-single-active-consumer`, `x-expires` 1 h | the refresh lock of one institution |
+//! | `els.token.<fixmedins_code>.refresh-lock` | quorum queue, `x-single-active-consumer`, `x-expires` 1 h, `x-delivery-limit` [`DELIVERY_LIMIT`] | the refresh lock of one institution |
+//!
+//! The lock queue is durable (a quorum queue): RabbitMQ 4 denies non-durable, non-exclusive
+//! queues once `transient_nonexcl_queues` is denied (announced as the default of later
+//! releases), and a quorum queue survives the loss of a cluster node. It is deleted by the
+//! broker an hour after its last consumer left. Releases before it used a non-durable
+//! classic queue `<prefix>.token.<code>.lock`; the new name lets an upgraded fleet run on a
+//! broker that still holds those (redeclaring them as durable would be refused). They expire
+//! an hour after the last old replica is gone. While old and new replicas run side by side
+//! during a rolling upgrade, each kind holds its own lock, so one refresh of each kind may
+//! overlap: the platform issues one token and answers the other with 9, which
+//! [`Tokens`](crate::platform::Tokens) treats as "held elsewhere" (no burst of calls).
 //!
 //! # The token log
 //!
@@ -49,7 +60,7 @@
 //! same replica would both "hold" it. Instead the lock is a baton passed through a queue
 //! with a **single active consumer**:
 //!
-//! 1. The requester declares `<prefix>.token.<code>.lock` (idempotent), consumes from it
+//! 1. The requester declares `<prefix>.token.<code>.refresh-lock` (idempotent), consumes from it
 //!    (manual ack) and publishes an empty probe message into it (confirmed).
 //! 2. RabbitMQ delivers only to the one active consumer. So the first delivery a consumer
 //!    gets proves that it is the active one: the lock is acquired. It keeps that delivery
@@ -114,6 +125,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::log::{Fold, LogError, LogSettings, StreamLog, nonce};
+use super::topology::DELIVERY_LIMIT;
 use super::{BrokerError, Publisher};
 use crate::platform::token::{RefreshLock, StoreError, Token, TokenStore};
 
@@ -135,7 +147,7 @@ pub fn stream_name(prefix: &str) -> String {
 
 /// The name of the refresh-lock queue of `institution` for `prefix`.
 pub fn lock_queue_name(prefix: &str, institution: &str) -> String {
-    format!("{prefix}.token.{institution}.lock")
+    format!("{prefix}.token.{institution}.refresh-lock")
 }
 
 /// Tokens shared through a RabbitMQ stream, with a refresh lock per institution; see the
@@ -232,10 +244,13 @@ impl AmqpTokenStore {
     async fn acquire(&self, institution: &str) -> Result<oneshot::Sender<()>, StoreError> {
         let queue = lock_queue_name(&self.prefix, institution);
         let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(LOCK_QUEUE_EXPIRES_MS));
-        self.lock_channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments).await.map_err(store_error)?;
+        // Every hand-over returns the baton once; RabbitMQ 4 would drop it after 20.
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        self.lock_channel.queue_declare(queue.as_str().into(), durable, arguments).await.map_err(store_error)?;
         let tag = format!("els-bridge-lock-{}", nonce());
         let consumer = self
             .lock_channel
@@ -369,7 +384,7 @@ mod tests {
             serde_json::to_value(&change).unwrap(),
             serde_json::json!({"institution": "H1", "token": "v", "expires_at": "2030-01-01T00:00:00Z"})
         );
-        assert_eq!(lock_queue_name("els", "H1"), "els.token.H1.lock");
+        assert_eq!(lock_queue_name("els", "H1"), "els.token.H1.refresh-lock");
         assert_eq!(stream_name("els"), "els.tokens");
     }
 }
