@@ -5,14 +5,23 @@
 #
 # 1. makes sure cargo, a C compiler (ring) and the time-zone database are there
 #    (installs gcc / tzdata with apt-get when missing and running as root);
-# 2. starts the local RabbitMQ node (scripts/rabbitmq.sh) and points the tests at it
-#    through ELS_BRIDGE_TEST_AMQP_URL; removes test vhosts a killed earlier run left behind;
-# 3. cargo build --all-targets, cargo test --all-targets, cargo test --doc;
-# 4. the Beijing-time unit tests once more under two host time zones (UTC and
-#    America/New_York): platform times must not depend on the host's zone.
+# 2. starts two RabbitMQ nodes with scripts/rabbitmq.sh: 4.3 (Debian forky's, in a chroot
+#    built on first use and cached, with transient non-exclusive queues, global QoS and the
+#    queue master locator denied) on 127.0.0.1:5673, and Debian 12's 3.10.8 on 5672;
+#    removes test vhosts a killed earlier run left behind;
+# 3. cargo build --all-targets, and the offline checks of the deployment files;
+# 4. the whole suite (cargo test --all-targets) on RabbitMQ 4.3, the broker hospitals
+#    deploy now; then again on 3.10.8, the oldest supported; each part prints the broker
+#    version it ran on and how long it took. The tests reach a node through
+#    ELS_BRIDGE_TEST_AMQP_URL and the rabbitmqctl first on PATH (scripts/rabbitmq.sh
+#    bin-dir). One test runs on 3.10 only: the in-place upgrade beside the old refresh-lock
+#    queues, which a broker that denies transient queues cannot hold;
+# 5. cargo test --doc, and the Beijing-time unit tests once more under two host time zones
+#    (UTC and America/New_York): platform times must not depend on the host's zone.
 #
 # Exits non-zero on the first failure. Integration tests never skip: without a broker
-# they fail.
+# they fail. The 4.3 node is stopped at the end (its data is thrown away at every start);
+# the 3.10 node is left running, as the demo and benchmarks use it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,31 +56,61 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
 
-# --- broker ------------------------------------------------------------------------------
-step "RabbitMQ (scripts/rabbitmq.sh start)"
-t=$SECONDS
-bash scripts/rabbitmq.sh start || fail "scripts/rabbitmq.sh start"
-broker_secs=$((SECONDS - t))
+# --- brokers -----------------------------------------------------------------------------
+declare -A broker_secs
+for version in 4.3 3.10; do
+    step "RabbitMQ $version (scripts/rabbitmq.sh start --version $version)"
+    t=$SECONDS
+    bash scripts/rabbitmq.sh start --version "$version" || fail "scripts/rabbitmq.sh start --version $version"
+    broker_secs[$version]=$((SECONDS - t))
+done
+trap 'bash scripts/rabbitmq.sh stop --version 4.3 >/dev/null 2>&1 || true' EXIT
 
-export ELS_BRIDGE_TEST_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
+# Runs "$@" against the node of version $1 (its URL and its rabbitmqctl first on PATH).
+on_broker() {
+    local version=$1
+    shift
+    local url bin
+    url=$(bash scripts/rabbitmq.sh url --version "$version")
+    bin=$(bash scripts/rabbitmq.sh bin-dir --version "$version")
+    PATH="$bin:$PATH" ELS_BRIDGE_TEST_AMQP_URL="$url" "$@"
+}
 
 # tests/common/broker.rs creates one vhost per test named els-test-* and deletes it on
 # drop; a run that was killed leaves some behind.
-stale=$(rabbitmqctl -q list_vhosts name 2>/dev/null | grep '^els-test-' || true)
-if [[ -n $stale ]]; then
+remove_stale_vhosts() {
+    local stale vhost
+    stale=$(rabbitmqctl -q list_vhosts name 2>/dev/null | grep '^els-test-' || true)
+    [[ -n $stale ]] || return 0
     step "removing $(wc -l <<<"$stale") test vhost(s) left by an earlier run"
     while read -r vhost; do
         rabbitmqctl -q delete_vhost "$vhost" </dev/null >/dev/null 2>&1 || true # it reads stdin
     done <<<"$stale"
-fi
+}
+for version in 4.3 3.10; do
+    on_broker "$version" remove_stale_vhosts
+done
 
 # --- build and tests ---------------------------------------------------------------------
 step "cargo build --all-targets"
 cargo build --all-targets
 bash scripts/check-deploy.sh || fail "scripts/check-deploy.sh: Dockerfile, docker-compose.yml, Helm chart or sample day"
 
-step "cargo test --all-targets"
-cargo test --all-targets
+# The in-place upgrade test declares the refresh-lock queue of the release before, a
+# transient non-exclusive queue: only a broker that permits those can hold one.
+readonly UPGRADE_TEST=an_upgraded_fleet_keeps_tokens_flowing_beside_the_old_lock_queues
+declare -A part_secs part_version
+for version in 4.3 3.10; do
+    part_version[$version]=$(on_broker "$version" rabbitmqctl -q version 2>/dev/null | tr -d '[:space:]')
+    skip=()
+    if [[ $version == 4.3 ]]; then skip=(--skip "$UPGRADE_TEST"); fi
+    step "cargo test --all-targets on RabbitMQ ${part_version[$version]}${skip:+ (without $UPGRADE_TEST)}"
+    t=$SECONDS
+    on_broker "$version" cargo test --all-targets -- "${skip[@]}" \
+        || fail "cargo test --all-targets on RabbitMQ ${part_version[$version]}"
+    part_secs[$version]=$((SECONDS - t))
+    printf '\n==> the suite passed on RabbitMQ %s in %d s\n' "${part_version[$version]}" "${part_secs[$version]}" >&2
+done
 
 step "cargo test --doc"
 cargo test --doc
@@ -91,4 +130,8 @@ done
     || fail "the beijing tests differ between TZ=UTC and TZ=America/New_York"
 
 trap - ERR
-printf '\ntest.sh: ALL TESTS PASSED in %d s (RabbitMQ ready after %d s)\n' "$((SECONDS - T0))" "$broker_secs" >&2
+for version in 4.3 3.10; do
+    printf 'test.sh: RabbitMQ %s: ready after %d s, the suite took %d s\n' \
+        "${part_version[$version]}" "${broker_secs[$version]}" "${part_secs[$version]}" >&2
+done
+printf '\ntest.sh: ALL TESTS PASSED in %d s\n' "$((SECONDS - T0))" >&2
