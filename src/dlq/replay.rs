@@ -19,6 +19,7 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use super::letter::{DeadLetter, rfc3339, stamp};
 use super::reader::{Reader, Taken, is_not_found};
 use super::DlqError;
+use crate::broker::publisher::copy_properties;
 use crate::worker::settle::header;
 
 /// Headers removed from a replayed copy: the dead-letter headers of contract §2, the
@@ -70,37 +71,7 @@ pub fn republish(letter: &DeadLetter, properties: &BasicProperties, carried_rout
     headers.insert(ShortString::from(stamp::REPLAYED), AMQPValue::LongLongInt(letter.replayed.saturating_add(1)));
     headers.insert(ShortString::from(stamp::REPLAYED_AT), AMQPValue::LongString(LongString::from(rfc3339(now))));
 
-    let mut copy = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
-    if let Some(value) = properties.content_type() {
-        copy = copy.with_content_type(value.clone());
-    }
-    if let Some(value) = properties.content_encoding() {
-        copy = copy.with_content_encoding(value.clone());
-    }
-    if let Some(value) = properties.priority() {
-        copy = copy.with_priority(*value);
-    }
-    if let Some(value) = properties.correlation_id() {
-        copy = copy.with_correlation_id(value.clone());
-    }
-    if let Some(value) = properties.reply_to() {
-        copy = copy.with_reply_to(value.clone());
-    }
-    if let Some(value) = properties.message_id() {
-        copy = copy.with_message_id(value.clone());
-    }
-    if let Some(value) = properties.timestamp() {
-        copy = copy.with_timestamp(*value);
-    }
-    if let Some(value) = properties.kind() {
-        copy = copy.with_type(value.clone());
-    }
-    if let Some(value) = properties.app_id() {
-        copy = copy.with_app_id(value.clone());
-    }
-    if let Some(value) = properties.cluster_id() {
-        copy = copy.with_cluster_id(value.clone());
-    }
+    let copy = copy_properties(properties, headers).with_delivery_mode(2);
     let routing_key = letter.routing_key().unwrap_or_else(|| carried_routing_key.to_owned());
     Republish { routing_key, properties: copy }
 }

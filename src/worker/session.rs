@@ -4,18 +4,19 @@
 //! unsettled delivery is redelivered by the broker) or, after a shutdown request, when
 //! everything taken is settled or the drain deadline has passed.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use futures_util::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Acker, Channel, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::acks::{Ack, AckWindow};
+use super::acks::{Ack, AckWindow, Tag};
 use super::lanes::{Batch, LaneKey, Lanes};
 use super::pipeline::Pipeline;
 use super::settle::{Settlement, send_ack};
@@ -138,7 +139,8 @@ impl Session<'_> {
                     }
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    // A task that panicked settled nothing: its deliveries stay unacked.
+                    // Tasks catch their own panics (settle_or_hand_back); only an abort ends one
+                    // without a `Done`.
                     if let Ok(done) = done {
                         for tag in done.settlement.acked {
                             acks.acked(tag);
@@ -184,7 +186,11 @@ impl Session<'_> {
             }
             Err(invalid) => {
                 let settler = self.pipeline.settler.clone();
-                tasks.spawn(async move { Done { settlement: settler.invalid(&delivery, &invalid.to_string()).await, keys: None } });
+                let handed = vec![(delivery.delivery_tag, delivery.acker.clone())];
+                tasks.spawn(async move {
+                    let settlement = settle_or_hand_back(settler.invalid(&delivery, &invalid.to_string()), handed).await;
+                    Done { settlement, keys: None }
+                });
                 None
             }
         }
@@ -197,9 +203,31 @@ impl Session<'_> {
         let pipeline = self.pipeline.clone();
         tasks.spawn(async move {
             let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
-            let settlement = pipeline.run(&institution, batch.lane.infno, batch.rows).await;
+            let handed = batch.rows.iter().flat_map(|r| r.source.deliveries.iter()).map(|d| (d.delivery_tag, d.acker.clone())).collect();
+            let settlement = settle_or_hand_back(pipeline.run(&institution, batch.lane.infno, batch.rows), handed).await;
             Done { settlement, keys: Some((batch.lane, keys)) }
         });
+    }
+}
+
+/// Runs a task's settling; should it panic (a bug), hands its deliveries back to the broker
+/// (requeued, delivered again) and reports them settled, so that neither their keys nor the
+/// ack window wait for them for the rest of the session.
+async fn settle_or_hand_back(settling: impl Future<Output = Settlement>, deliveries: Vec<(Tag, Acker)>) -> Settlement {
+    match AssertUnwindSafe(settling).catch_unwind().await {
+        Ok(settlement) => settlement,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+            tracing::error!(
+                deliveries = deliveries.len(),
+                "bug: settling a batch panicked ({}); its deliveries are handed back to the broker and come again",
+                what.as_deref().unwrap_or("no message")
+            );
+            let requeue = BasicNackOptions { requeue: true, multiple: false };
+            join_all(deliveries.iter().map(|(_, acker)| acker.nack(requeue))).await;
+            crate::telemetry::metrics::deliveries_settled(deliveries.len());
+            Settlement { acked: deliveries.into_iter().map(|(tag, _)| tag).collect(), ..Settlement::default() }
+        }
     }
 }
 

@@ -12,8 +12,9 @@
 //! Deliveries to ack are not acked here: the settler reports them in a [`Settlement`] and
 //! the session acks them, together where it can ([`super::acks`]). Parking and
 //! dead-lettering publish a copy with a broker confirm first (a batch's copies under one
-//! confirm window) and ack the original only then, here and at once; if anything fails on
-//! the way, the original stays unacked and comes back (at least once, never lost).
+//! confirm window) and ack the original only then, here and at once; a copy the broker does
+//! not take is tried again, then the original is handed back to the work queue (requeued:
+//! at least once, never lost, and never held until the broker's consumer timeout).
 
 use std::time::Duration;
 
@@ -21,18 +22,25 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
 use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::acks::Tag;
 use super::holds::Holds;
 use crate::beijing;
-use crate::broker::{BrokerError, Publisher, Topology};
+use crate::broker::publisher::copy_properties;
+use crate::broker::{Publisher, Topology};
 use crate::platform::Outcome;
 use crate::retry::Backoff;
 use crate::upload::Settled;
 
 use super::lanes::Carried;
+
+/// How often a copy to a delay or the dead-letter queue is published before its original
+/// is handed back to the work queue.
+const COPY_TRIES: u32 = 3;
+/// The pause after the first failed copy (then four times longer each time).
+const COPY_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Why a message is dead-lettered (`x-els-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +130,27 @@ impl Settlement {
         Settlement { to_ack: deliveries.map(|d| (d.delivery_tag, d.acker.clone())).collect(), acked: Vec::new() }
     }
 
-    /// The deliveries that were acked, of `moved` (each with whether its copy was
-    /// confirmed and the original acked).
-    fn moved<'a>(moved: impl Iterator<Item = (&'a Delivery, bool)>) -> Self {
-        Settlement { to_ack: Vec::new(), acked: moved.filter(|(_, acked)| *acked).map(|(d, _)| d.delivery_tag).collect() }
+    /// The deliveries that were settled here, of `moved` (each with what became of it).
+    fn moved<'a>(moved: impl Iterator<Item = (&'a Delivery, Moved)>) -> Self {
+        Settlement { to_ack: Vec::new(), acked: moved.filter(|(_, m)| m.settled()).map(|(d, _)| d.delivery_tag).collect() }
+    }
+}
+
+/// What became of a delivery that was to be moved to another queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// Its copy was confirmed and the original acked.
+    Copied,
+    /// The copy failed; the original was handed back to the work queue.
+    HandedBack,
+    /// Its channel is gone: the broker redelivers it.
+    Unsettled,
+}
+
+impl Moved {
+    /// Whether the delivery no longer waits for an ack of this session.
+    fn settled(self) -> bool {
+        self != Moved::Unsettled
     }
 }
 
@@ -160,7 +185,7 @@ impl Settler {
                     self.holds.release(institution);
                     let error = format!("the platform refused record {}: returnCode {code}: {message}", row.record.key());
                     let moved = join_all(row.source.deliveries.iter().map(|delivery| {
-                        let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts + 1;
+                        let attempts = RetryState::of(delivery.properties.headers().as_ref()).attempts.saturating_add(1);
                         self.dead_letter(delivery, Reason::Rejected, &error, Some(code), attempts)
                     }))
                     .await;
@@ -211,13 +236,12 @@ impl Settler {
     }
 
     /// Counts a failed attempt and parks the delivery for the next backoff step, or
-    /// dead-letters it as `exhausted` past the retry budget. Returns whether the original
-    /// was acked.
-    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) -> bool {
+    /// dead-letters it as `exhausted` past the retry budget.
+    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) -> Moved {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let first = state.first_failed_at.unwrap_or(now);
-        let attempts = state.attempts + 1;
+        let attempts = state.attempts.saturating_add(1);
         let failing_for = (now - first).to_std().unwrap_or_default();
         if failing_for >= self.backoff.max_elapsed {
             let error = format!("failing for {}s over {attempts} attempts; the last: {outcome}", failing_for.as_secs());
@@ -231,22 +255,20 @@ impl Settler {
         put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
         let moved = self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
-        if moved {
+        if moved == Moved::Copied {
             crate::telemetry::metrics::parked_for_retry(&delivery.data);
         }
         moved
     }
 
-    /// Moves a delivery to a delay queue for `wait`, headers unchanged. Returns whether the
-    /// original was acked.
-    async fn park(&self, delivery: &Delivery, wait: Duration) -> bool {
+    /// Moves a delivery to a delay queue for `wait`, headers unchanged.
+    async fn park(&self, delivery: &Delivery, wait: Duration) -> Moved {
         let headers = own_headers(delivery);
         self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await
     }
 
     /// Publishes a dead letter (contract §2) and acks the original once it is confirmed.
-    /// Returns whether it was.
-    async fn dead_letter(&self, delivery: &Delivery, reason: Reason, error: &str, return_code: Option<u32>, attempts: u32) -> bool {
+    async fn dead_letter(&self, delivery: &Delivery, reason: Reason, error: &str, return_code: Option<u32>, attempts: u32) -> Moved {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let mut headers = own_headers(delivery);
@@ -261,28 +283,48 @@ impl Settler {
         tracing::warn!(reason = reason.as_str(), message_id = ?delivery.properties.message_id(), "dead-lettering: {error}");
         let queue = self.topology.dead_letter_queue.clone();
         let moved = self.republish(delivery, &queue, headers, None).await;
-        if moved {
+        if moved == Moved::Copied {
             crate::telemetry::metrics::dead_lettered(&delivery.data, reason.as_str());
         }
         moved
     }
 
     /// Publishes the delivery's body and properties with `headers` to `queue` (optionally
-    /// expiring after `expire`), then acks the original; on failure leaves it unacked.
-    /// Returns whether the copy was confirmed.
-    async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) -> bool {
-        let mut properties = delivery.properties.clone().with_headers(headers);
+    /// expiring after `expire`), then acks the original. A copy the broker does not confirm
+    /// (refused, returned because the queue is missing, an unavailable quorum queue) is
+    /// tried again [`COPY_TRIES`] times; then the original is handed back (requeued) rather
+    /// than held unacked until the broker's consumer timeout.
+    async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) -> Moved {
+        let mut properties = copy_properties(&delivery.properties, headers);
         if let Some(wait) = expire {
             properties = properties.with_expiration(wait.as_millis().max(1).to_string().into());
         }
-        match self.publisher.publish("", queue, &delivery.data, properties).await {
-            Ok(()) => {
-                ack(delivery).await;
-                true
+        let mut pause = COPY_RETRY_PAUSE;
+        for attempt in 1..=COPY_TRIES {
+            match self.publisher.publish("", queue, &delivery.data, properties.clone()).await {
+                Ok(()) => {
+                    ack(delivery).await;
+                    return Moved::Copied;
+                }
+                Err(error) if attempt < COPY_TRIES => {
+                    tracing::debug!(queue, attempt, "the broker did not take a copy ({error}); trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Err(error) => {
+                    tracing::warn!(queue, "could not move a message to {queue} ({error}); handing it back to the work queue");
+                }
+            }
+        }
+        let requeue = BasicNackOptions { requeue: true, multiple: false };
+        match delivery.acker.nack(requeue).await {
+            Ok(_) => {
+                crate::telemetry::metrics::deliveries_settled(1);
+                Moved::HandedBack
             }
             Err(error) => {
-                warn_unsettled(&error);
-                false
+                tracing::debug!("handing a message back failed, the broker will redeliver it: {error}");
+                Moved::Unsettled
             }
         }
     }
@@ -300,10 +342,6 @@ pub async fn send_ack(acker: &Acker, options: BasicAckOptions, deliveries: usize
     if let Err(error) = acker.ack(options).await {
         tracing::debug!("ack failed, the message will be redelivered: {error}");
     }
-}
-
-fn warn_unsettled(error: &BrokerError) {
-    tracing::warn!("could not move a message ({error}); it stays unacked and will be delivered again");
 }
 
 /// The delivery's headers (empty when it has none).

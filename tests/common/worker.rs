@@ -14,7 +14,7 @@ use els_bridge::config::{AmqpSettings, RetrySettings};
 
 use super::broker::{TestVhost, unique_vhost};
 use super::simulator::TestSimulator;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -187,6 +187,11 @@ impl Amqp {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message_id.into());
+        self.publish_with(routing_key, body, properties).await;
+    }
+
+    /// Publishes one body with `properties` to `els.events`, confirmed.
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish("els.events".into(), routing_key.into(), BasicPublishOptions::default(), body, properties)
@@ -195,6 +200,11 @@ impl Amqp {
             .await
             .expect("confirm");
         assert!(confirm.is_ack(), "the broker refused a test event");
+    }
+
+    /// Deletes a queue (and everything in it).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.expect("delete a queue");
     }
 
     /// Takes every message of `queue` (acking them).
