@@ -12,12 +12,15 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `els.tokens` | stream (durable, `x-max-age` 2 days, 1 MB segments) | the log of every token change |
-//! | `els.token.<fixmedins_code>.refresh-lock` | quorum queue, `x-single-active-consumer`, `x-expires` 1 h, `x-delivery-limit` [`DELIVERY_LIMIT`] | the refresh lock of one institution |
+//! | `els.token.<fixmedins_code>.refresh-lock` | classic queue, durable, `x-single-active-consumer`, `x-expires` 1 h | the refresh lock of one institution |
 //!
-//! The lock queue is durable (a quorum queue): RabbitMQ 4 denies non-durable, non-exclusive
-//! queues once `transient_nonexcl_queues` is denied (announced as the default of later
-//! releases), and a quorum queue survives the loss of a cluster node. It is deleted by the
-//! broker an hour after its last consumer left. Releases before it used a non-durable
+//! The lock queue is durable: RabbitMQ 4 denies non-durable, non-exclusive queues once
+//! `transient_nonexcl_queues` is denied (announced as the default of later releases). It is
+//! deleted by the broker an hour after its last consumer left. Not a quorum queue: on
+//! RabbitMQ 3.10 a consumer attaching to a quorum queue that another connection has just
+//! declared can find its Raft member not started yet, and the broker then closes the whole
+//! connection with INTERNAL_ERROR (seen with three replicas asking for their first token at
+//! once); a lock queue is declared on demand, exactly when that race is likely. Releases before it used a non-durable
 //! classic queue `<prefix>.token.<code>.lock`; the new name lets an upgraded fleet run on a
 //! broker that still holds those (redeclaring them as durable would be refused). They expire
 //! an hour after the last old replica is gone. While old and new replicas run side by side
@@ -125,7 +128,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::log::{Fold, LogError, LogSettings, StreamLog, nonce};
-use super::topology::DELIVERY_LIMIT;
 use super::{BrokerError, Publisher};
 use crate::platform::token::{RefreshLock, StoreError, Token, TokenStore};
 
@@ -244,11 +246,9 @@ impl AmqpTokenStore {
     async fn acquire(&self, institution: &str) -> Result<oneshot::Sender<()>, StoreError> {
         let queue = lock_queue_name(&self.prefix, institution);
         let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(LOCK_QUEUE_EXPIRES_MS));
-        // Every hand-over returns the baton once; RabbitMQ 4 would drop it after 20.
-        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         self.lock_channel.queue_declare(queue.as_str().into(), durable, arguments).await.map_err(store_error)?;
         let tag = format!("els-bridge-lock-{}", nonce());
