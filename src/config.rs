@@ -90,6 +90,11 @@ pub struct AmqpSettings {
     /// Prefix of the project's other queues and exchanges (delays, tokens, msgid slots).
     #[serde(default = "default_name_prefix")]
     pub name_prefix: String,
+    /// How long opening a connection (TCP, TLS and the AMQP handshake) may take before it
+    /// counts as failed: an address that accepts TCP and never speaks AMQP (a balancer
+    /// without backends, a wrong port) would otherwise hold a command forever.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for AmqpSettings {
@@ -102,8 +107,13 @@ impl Default for AmqpSettings {
             queue: default_events(),
             dead_letter_queue: default_dead(),
             name_prefix: default_name_prefix(),
+            connect_timeout_secs: default_connect_timeout_secs(),
         }
     }
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    30
 }
 
 fn default_events() -> String {

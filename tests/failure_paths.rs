@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::broker::QueueCounts;
 use common::records::{event, row};
-use common::simulator::eventually;
-use common::worker::{Amqp, Message, World, WorkerProcess, test_retry, worker_config};
+use common::simulator::{TestSimulator, eventually};
+use common::worker::{Amqp, Message, World, WorkerProcess, test_retry, worker_config, worker_toml};
 use els_bridge::simulator::api::RecordFilter;
 use els_bridge::spec::Infno;
 use lapin::BasicProperties;
@@ -121,5 +121,65 @@ async fn a_dead_letter_the_broker_refuses_is_handed_back_not_held() {
     assert_eq!(letters[0].headers.get("x-els-reason").map(String::as_str), Some("invalid"));
     vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
     assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// A broker address that accepts TCP and never speaks AMQP (a balancer without backends,
+/// a wrong port): connecting gives up after `amqp.connect_timeout_secs` and tries again,
+/// and SIGTERM ends the worker at once, also in the middle of connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_answers_neither_hangs_the_worker_nor_its_shutdown() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+    let (accepted, mut connections) = tokio::sync::mpsc::channel(16);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket); // never read, never written, never closed
+            if accepted.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    // SIGTERM while the worker waits for the handshake (the default timeout is 30 s).
+    let config = sim.write_client_config("worker.toml", &worker_toml(&url, 100));
+    let mut waiting = WorkerProcess::start(&config, "silent-broker");
+    tokio::time::timeout(Duration::from_secs(20), connections.recv()).await.expect("the worker connects");
+    let stopped = std::time::Instant::now();
+    assert!(waiting.terminate(Duration::from_secs(10)).success(), "{}", waiting.logs());
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+
+    // With a timeout of a second: given up, and tried again (a second connection arrives).
+    let toml = worker_toml(&url, 100).replace("prefetch = 500\n", "prefetch = 500\nconnect_timeout_secs = 1\n");
+    let config = sim.write_client_config("worker.toml", &toml);
+    let mut worker = WorkerProcess::start(&config, "silent-broker-timeout");
+    for n in 1..=2 {
+        tokio::time::timeout(Duration::from_secs(20), connections.recv()).await.unwrap_or_else(|_| {
+            panic!("connection attempt {n} did not come:\n{}", worker.logs())
+        });
+    }
+    assert!(worker.logs().contains("did not complete the connection within 1 s"), "{}", worker.logs());
+    assert!(worker.terminate(Duration::from_secs(10)).success(), "{}", worker.logs());
+    holder.abort();
+}
+
+/// After the drain, the HTTP endpoint waits for requests under way, but not for ever: a
+/// client that sent half a request must not keep the worker alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_http_request_does_not_keep_the_worker_alive() {
+    use tokio::io::AsyncWriteExt;
+    let World { sim, vhost, amqp } = World::with_institutions("half-request", 1).await;
+    let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "half-request");
+    let port = worker.http_port(Duration::from_secs(30));
+    eventually("the worker is consuming", Duration::from_secs(30), async || {
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+        ready.status().is_success().then_some(())
+    })
+    .await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    client.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap(); // no blank line: never finished
+    assert!(worker.terminate(Duration::from_secs(20)).success(), "{}", worker.logs());
+    drop(client);
     amqp.close().await;
 }

@@ -34,13 +34,19 @@ pub enum BrokerError {
     /// Something built on the connection could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// Opening the connection took longer than `amqp.connect_timeout_secs`.
+    #[error(
+        "the broker did not complete the connection within {secs} s (amqp.connect_timeout_secs): is the address an \
+         AMQP port of a running broker (not a load balancer without backends, not the management port)?"
+    )]
+    ConnectTimeout { secs: u64 },
     /// The broker did not confirm a publish.
     #[error("the broker refused to take a message (negative confirm)")]
     Nacked,
 }
 
-/// Opens a connection to the broker of `settings`; the connection name shows in the
-/// management UI.
+/// Opens a connection to the broker of `settings` within `amqp.connect_timeout_secs`; the
+/// connection name shows in the management UI.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, BrokerError> {
     let mut tls = OwnedTLSConfig::default();
     if let Some(path) = &settings.ca_file {
@@ -50,5 +56,10 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     }
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
-    Ok(Connection::connect_with_config(settings.url.expose_secret(), properties, tls, runtime).await?)
+    let secs = settings.connect_timeout_secs.max(1);
+    let connecting = Connection::connect_with_config(settings.url.expose_secret(), properties, tls, runtime);
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(BrokerError::ConnectTimeout { secs }),
+    }
 }

@@ -37,6 +37,8 @@ use settle::Settler;
 
 /// How long closing the connection may take before the worker gives up on it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the HTTP endpoint may take to finish the requests under way after the drain.
+const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
 
@@ -110,7 +112,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     }
     shutdown.cancel();
     http_stop.cancel();
-    let _ = http.await;
+    // Graceful: requests under way get their answer. Bounded: a client that never finishes
+    // its request (or never reads the answer) must not keep the process alive.
+    if tokio::time::timeout(HTTP_SHUTDOWN, http).await.is_err() {
+        tracing::warn!("an HTTP client did not finish its request within {}s of the drain; not waiting for it", HTTP_SHUTDOWN.as_secs());
+    }
     Ok(())
 }
 
@@ -135,7 +141,8 @@ fn warn_of_delivery_limit(declared: &Declared) {
     });
 }
 
-/// One connection: declare, share tokens and msgid slot, consume until lost or drained.
+/// One connection: declare, share tokens and msgid slot, consume until lost or drained. A
+/// shutdown while connecting or setting up ends it at once (nothing is taken yet).
 async fn connect_and_run(
     config: &Config,
     amqp: &AmqpSettings,
@@ -143,8 +150,20 @@ async fn connect_and_run(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, BrokerError> {
-    let connection = broker::connect(amqp, "els-bridge worker").await?;
-    let result = run_connected(config, amqp, holds, health, shutdown, &connection).await;
+    let connection = tokio::select! {
+        connected = broker::connect(amqp, "els-bridge worker") => connected?,
+        () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
+    };
+    let result = async {
+        let pipeline = tokio::select! {
+            prepared = prepare(config, amqp, holds, &connection) => prepared?,
+            () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
+        };
+        let on_consuming = |consuming: bool| health.set_consuming(consuming);
+        let session = Session { config, amqp, pipeline, on_consuming: &on_consuming };
+        session.run(&connection, shutdown).await
+    }
+    .await;
     if connection.status().connected() {
         // lapin can fail to complete a close that races the automatic close of dropped
         // channels; the broker requeues whatever is unacked either way.
@@ -153,14 +172,9 @@ async fn connect_and_run(
     result
 }
 
-async fn run_connected(
-    config: &Config,
-    amqp: &AmqpSettings,
-    holds: &Holds,
-    health: &Health,
-    shutdown: &CancellationToken,
-    connection: &Connection,
-) -> Result<SessionEnd, BrokerError> {
+/// Declares the topology and sets up what a session's batches need on `connection`: the
+/// token store, a msgid slot, the publisher and the ledger.
+async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection: &Connection) -> Result<Pipeline, BrokerError> {
     let topology = Topology::new(amqp, &config.retry);
     let declared = topology.declare(connection).await?;
     warn_of_delivery_limit(&declared);
@@ -174,11 +188,10 @@ async fn run_connected(
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
     let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
-
-    let on_consuming = |consuming: bool| health.set_consuming(consuming);
-    let pipeline = Pipeline {
+    Ok(Pipeline {
         uploader: Uploader::new(client, tokens).with_cap(config.batch.max_in_flight_per_institution),
-        settler, holds: holds.clone(), ledger: Arc::new(ledger) };
-    let session = Session { config, amqp, pipeline, on_consuming: &on_consuming };
-    session.run(connection, shutdown).await
+        settler,
+        holds: holds.clone(),
+        ledger: Arc::new(ledger),
+    })
 }

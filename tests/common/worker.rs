@@ -48,6 +48,24 @@ impl WorkerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The port of the worker's HTTP endpoint, as it logs it once it listens (so a test can
+    /// let it bind port 0 rather than guess a free port). Panics after `timeout`.
+    pub fn http_port(&self, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = without_colours(&self.logs());
+            let port = logs
+                .lines()
+                .filter(|l| l.contains("serving /healthz"))
+                .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.rsplit(':').next()?.parse().ok());
+            if let Some(port) = port {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "the worker did not report its HTTP address within {timeout:?}:\n{logs}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit (within `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("worker still running");
@@ -72,6 +90,20 @@ impl WorkerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// `text` without the terminal colour sequences (`ESC [ ... m`) of the log format.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for WorkerProcess {
