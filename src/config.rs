@@ -95,6 +95,12 @@ pub struct AmqpSettings {
     /// without backends, a wrong port) would otherwise hold a command forever.
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// The AMQP heartbeat interval asked for (the broker may ask for less): a link that
+    /// stops carrying anything without closing (a dead NAT entry, a pulled cable) is
+    /// noticed after twice this long, and the connection is opened again. A `heartbeat=`
+    /// in the URL wins.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u16,
 }
 
 impl Default for AmqpSettings {
@@ -108,12 +114,17 @@ impl Default for AmqpSettings {
             dead_letter_queue: default_dead(),
             name_prefix: default_name_prefix(),
             connect_timeout_secs: default_connect_timeout_secs(),
+            heartbeat_secs: default_heartbeat_secs(),
         }
     }
 }
 
 fn default_connect_timeout_secs() -> u64 {
     30
+}
+
+fn default_heartbeat_secs() -> u16 {
+    10
 }
 
 fn default_events() -> String {

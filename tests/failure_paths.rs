@@ -60,7 +60,8 @@ async fn a_dead_letter_does_not_expire_with_the_original_and_carries_no_user_id(
     amqp.close().await;
 }
 
-/// `x-els-attempts` at its largest value: the next attempt must not overflow (a panic in a
+/// `x-els-attempts` at its largest value on a message back from a delay queue: the next
+/// attempt must not overflow (a panic in a
 /// debug build, which left the batch's keys in flight for the rest of the session; a wrap
 /// to 0 in a release build). The refused record ends as a dead letter with the count kept
 /// at its largest, and the worker goes on with the records after it.
@@ -71,6 +72,9 @@ async fn an_attempt_count_at_its_largest_does_not_overflow() {
     sim.refuse_keys(&["REFUSED-MAX"], 13).await;
     let mut headers = FieldTable::default();
     headers.insert(ShortString::from("x-els-attempts"), AMQPValue::LongLongInt(i64::from(u32::MAX)));
+    // As if back from a delay queue just now: only then does the worker trust the count.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    headers.insert(ShortString::from("x-els-parked-until"), AMQPValue::LongString(now.as_str().into()));
     let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     let body = event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "REFUSED-MAX", "1")).to_string();
     amqp.publish_with(&routing_key(Infno::Els7002, &code), body.as_bytes(), properties).await;
@@ -181,5 +185,218 @@ async fn a_half_sent_http_request_does_not_keep_the_worker_alive() {
     client.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap(); // no blank line: never finished
     assert!(worker.terminate(Duration::from_secs(20)).success(), "{}", worker.logs());
     drop(client);
+    amqp.close().await;
+}
+
+/// A setting that lives in a stream's arguments (`ledger.retention_days` is the ledger's
+/// `x-max-age`) changed since the stream was created: the worker uses the stream as it is,
+/// says so, and uploads, instead of failing every connection with PRECONDITION_FAILED (a
+/// rolling update that never completes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_ledger_retention_does_not_stop_the_worker() {
+    use lapin::options::QueueDeclareOptions;
+    let World { sim, vhost, amqp } = World::with_institutions("retention-changed", 1).await;
+    let code = sim.institution(0).code.clone();
+    let connection = lapin::Connection::connect(vhost.url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    arguments.insert("x-max-age".into(), AMQPValue::LongString("7D".into()));
+    arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(1_000_000));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare("els.ledger".into(), durable, arguments).await.expect("the ledger as another retention made it");
+    let _ = connection.close(200, "declared".into()).await;
+
+    let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "retention-changed");
+    let body = event(Infno::Els7004, &code, Some(1), row(Infno::Els7004, "RETENTION-1", "1")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7004, &code), body.as_bytes(), "retention-1").await;
+    eventually("the record is stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
+    })
+    .await;
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    let logs = worker.logs();
+    assert!(logs.contains("exists with another x-max-age"), "{logs}");
+    assert!(!logs.contains("reconnecting"), "no connection was lost over it: {logs}");
+    amqp.close().await;
+}
+
+/// The 21st process of a fleet finds every msgid slot held: it says so once, clearly, at
+/// ERROR (not "connection lost" on every try), waits, and takes the first slot that frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_21st_process_says_once_that_the_fleet_is_full_and_waits_for_a_slot() {
+    let World { sim, vhost, amqp } = World::with_institutions("slots-full", 1).await;
+    let code = sim.institution(0).code.clone();
+    let settings = els_bridge::config::AmqpSettings { url: secrecy::SecretString::from(vhost.url().to_owned()), ..Default::default() };
+    let holder = els_bridge::broker::connect(&settings, "twenty processes").await.unwrap();
+    for _ in 0..20 {
+        els_bridge::broker::claim_msgid_slot(&holder, "els").await.unwrap();
+    }
+    let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "slots-full");
+    eventually("the worker tried three times", Duration::from_secs(30), async || {
+        (worker.logs().matches("still no free msgid slot").count() >= 3).then_some(())
+    })
+    .await;
+    let logs = worker.logs();
+    assert_eq!(logs.matches("msgid slots (els.msgid.slot.0 to els.msgid.slot.19) are held by other processes").count(), 1, "{logs}");
+    assert!(!logs.contains("broker connection lost"), "{logs}");
+
+    // One process of the fleet stops: the waiting one takes over.
+    let _ = holder.close(200, "done".into()).await;
+    let body = event(Infno::Els7005, &code, Some(1), row(Infno::Els7005, "SLOT-1", "1")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7005, &code), body.as_bytes(), "slot-1").await;
+    eventually("the record is stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
+    })
+    .await;
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// Publishes one valid event of `key` whose headers claim a first failure at `first_failed_at`.
+async fn publish_claiming_failure(amqp: &Amqp, code: &str, key: &str, first_failed_at: &str) {
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from("x-els-attempts"), AMQPValue::LongLongInt(3));
+    headers.insert(ShortString::from("x-els-first-failed-at"), AMQPValue::LongString(first_failed_at.into()));
+    let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let body = event(Infno::Els7006, code, Some(1), row(Infno::Els7006, key, "1")).to_string();
+    amqp.publish_with(&routing_key(Infno::Els7006, code), body.as_bytes(), properties).await;
+}
+
+/// Retry headers a publisher wrote do not decide the retry budget: a first failure in 1970
+/// is not "exhausted" at the first failure (the event is retried and stored once the
+/// platform is back), and one in 2099 does not make the retries last for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_headers_from_outside_do_not_steer_the_retry_budget() {
+    let World { sim, vhost, amqp } = World::with_institutions("forged-retry", 1).await;
+    let code = sim.institution(0).code.clone();
+    let budget = "max_elapsed_secs = 600\n";
+    let short = "max_elapsed_secs = 3\n";
+
+    // 1970, with a budget of 10 minutes and an outage of a few seconds: stored, not dead.
+    sim.start_outage(3).await;
+    publish_claiming_failure(&amqp, &code, "FORGED-1970", "1970-01-01T00:00:00.000Z").await;
+    let config = worker_config(&sim, &vhost, 100);
+    let mut worker = WorkerProcess::start(&config, "forged-1970");
+    eventually("the 1970 event is stored", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
+    })
+    .await;
+    assert!(amqp.take_all("els.dead").await.is_empty(), "dead-lettered at the first failure");
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+
+    // 2099, with a budget of 3 s and an outage that outlasts it: exhausted.
+    sim.start_outage(600).await;
+    let text = std::fs::read_to_string(&config).unwrap().replace(budget, short);
+    std::fs::write(&config, text).unwrap();
+    publish_claiming_failure(&amqp, &code, "FORGED-2099", "2099-01-01T00:00:00.000Z").await;
+    let mut worker = WorkerProcess::start(&config, "forged-2099");
+    let letters = dead_letters(&amqp, 1, Duration::from_secs(60)).await;
+    assert_eq!(letters[0].headers.get("x-els-reason").map(String::as_str), Some("exhausted"), "{:?}", letters[0].headers);
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// An event whose AMQP headers nearly fill a frame (the broker takes it as it is): the
+/// worker's dead letter adds its own headers, and a copy that no longer fits a frame made
+/// the broker close the whole connection (FRAME_ERROR), the event came back for ever and
+/// nothing behind it was uploaded. The copy keeps what fits and says what was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_headers_that_fill_a_frame_is_dead_lettered_and_the_rest_flows() {
+    let World { sim, vhost, amqp } = World::with_institutions("huge-headers", 1).await;
+    let code = sim.institution(0).code.clone();
+    let mut headers = FieldTable::default();
+    headers.insert(ShortString::from("x-junk"), AMQPValue::LongString("j".repeat(130_850).into()));
+    headers.insert(ShortString::from("traceparent"), AMQPValue::LongString("00-huge-01".into()));
+    let properties = BasicProperties::default().with_delivery_mode(2).with_message_id("huge".into()).with_headers(headers);
+    amqp.publish_with(&routing_key(Infno::Els7002, &code), b"{not json", properties).await;
+    let valid: Vec<serde_json::Value> =
+        (0..20).map(|i| event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, &format!("BEHIND-{i}"), "1"))).collect();
+    amqp.publish(&valid).await;
+    let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "huge-headers");
+
+    eventually("the 20 events behind it are stored", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 20).then_some(())
+    })
+    .await;
+    let letters = dead_letters(&amqp, 1, Duration::from_secs(30)).await;
+    let letter = &letters[0];
+    assert_eq!(letter.headers.get("x-els-reason").map(String::as_str), Some("invalid"));
+    assert!(!letter.headers.contains_key("x-junk"), "the header that did not fit is cut");
+    assert_eq!(letter.headers.get("traceparent").map(String::as_str), Some("00-huge-01"), "what fits is kept");
+    assert!(letter.headers.get("x-els-headers-cut").is_some_and(|h| h.contains("x-junk")), "{:?}", letter.headers);
+    assert!(!worker.logs().contains("broker connection lost"), "{}", worker.logs());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// The ledger stream is deleted under a running worker (or loses its member on a cluster):
+/// the session ends and the worker reconnects, declaring it again, instead of going on as
+/// a zombie that parks every batch with an attempt counted (`/readyz` said ready all along).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ledger_stream_ends_the_session_and_counts_no_attempt() {
+    let World { sim, vhost, amqp } = World::with_institutions("ledger-lost", 1).await;
+    let code = sim.institution(0).code.clone();
+    let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "ledger-lost");
+    let first = event(Infno::Els7003, &code, Some(1), row(Infno::Els7003, "BEFORE", "1")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7003, &code), first.as_bytes(), "before").await;
+    eventually("the first record is stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
+    })
+    .await;
+
+    amqp.delete_queue("els.ledger").await;
+    let after: Vec<serde_json::Value> =
+        (0..20).map(|i| event(Infno::Els7003, &code, Some(1), row(Infno::Els7003, &format!("AFTER-{i}"), "1"))).collect();
+    amqp.publish(&after).await;
+    eventually("the 20 later records are stored", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 21).then_some(())
+    })
+    .await;
+    assert!(amqp.take_all("els.dead").await.is_empty());
+    assert!(vhost.queue_counts("els.ledger").is_some(), "the ledger was declared again");
+    let logs = worker.logs();
+    assert!(logs.contains("the ledger or token stream is no longer read"), "{logs}");
+    assert!(!logs.contains("retrying later"), "no attempt was counted against a record: {logs}");
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// The link to the broker stops carrying anything without closing, mid-load (through a
+/// relay that goes silent): the worker notices within twice `amqp.heartbeat_secs` (10 s by
+/// default), reconnects, and loses nothing. With the broker's 60 s heartbeat it took two
+/// minutes and more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_to_the_broker_is_noticed_and_nothing_is_lost() {
+    let World { sim, vhost, amqp } = World::with_institutions("silent-link", 1).await;
+    let code = sim.institution(0).code.clone();
+    let host_port = {
+        let after = vhost.url().split_once('@').map(|(_, a)| a).unwrap();
+        after.split('/').next().unwrap().to_owned()
+    };
+    let relay = common::relay::Relay::start(host_port).await;
+    let config = worker_config(&sim, &vhost, 100);
+    let text = std::fs::read_to_string(&config).unwrap().replace(vhost.url(), &relay.url(vhost.url()));
+    std::fs::write(&config, text).unwrap();
+    let mut worker = WorkerProcess::start(&config, "silent-link");
+
+    let wave = |from: usize| -> Vec<serde_json::Value> {
+        (from..from + 60).map(|i| event(Infno::Els7007, &code, Some(1), row(Infno::Els7007, &format!("LINK-{i}"), "1"))).collect()
+    };
+    amqp.publish(&wave(0)).await;
+    eventually("the first wave is stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 60).then_some(())
+    })
+    .await;
+    let connections = relay.accepted();
+    relay.freeze();
+    amqp.publish(&wave(60)).await;
+    eventually("the second wave is stored after a reconnect", Duration::from_secs(50), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 120).then_some(())
+    })
+    .await;
+    assert!(relay.accepted() > connections, "the worker connected again");
+    assert!(amqp.take_all("els.dead").await.is_empty());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }

@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{BrokerError, Publisher};
 
@@ -106,6 +107,8 @@ pub struct StreamLog<F> {
     publisher: Publisher,
     inner: Arc<Mutex<Inner<F>>>,
     reader: JoinHandle<()>,
+    /// Cancelled when the consumer ends.
+    ended: CancellationToken,
 }
 
 impl<F> Drop for StreamLog<F> {
@@ -131,8 +134,9 @@ impl<F: Fold> StreamLog<F> {
             }
         };
         let inner = Arc::new(Mutex::new(Inner { fold, awaited: HashMap::new(), ended: None }));
-        let reader = tokio::spawn(read(channel, consumer, Arc::clone(&inner), settings.name.clone()));
-        let log = StreamLog { stream: settings.name.clone(), publisher: Publisher::open(connection).await?, inner, reader };
+        let ended = CancellationToken::new();
+        let reader = tokio::spawn(read(channel, consumer, Arc::clone(&inner), settings.name.clone(), ended.clone()));
+        let log = StreamLog { stream: settings.name.clone(), publisher: Publisher::open(connection).await?, inner, reader, ended };
         log.sync().await?;
         Ok(log)
     }
@@ -147,6 +151,12 @@ impl<F: Fold> StreamLog<F> {
             Some(why) => Err(self.ended(why.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Cancelled once the log is no longer read (the stream was deleted, a channel or the
+    /// connection was lost): its owner must reconnect, since nothing works from then on.
+    pub fn lost(&self) -> CancellationToken {
+        self.ended.clone()
     }
 
     fn ended(&self, why: String) -> LogError {
@@ -225,13 +235,28 @@ fn entry_properties(id: &str) -> BasicProperties {
 
 /// Declares the stream on a channel of its own and consumes it from `replay_from`.
 async fn consume(connection: &Connection, settings: &LogSettings) -> Result<(Channel, Consumer), lapin::Error> {
-    let channel = connection.create_channel().await?;
+    let mut channel = connection.create_channel().await?;
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
     arguments.insert("x-max-age".into(), AMQPValue::LongString(settings.max_age.as_str().into()));
     arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(settings.name.as_str().into(), durable, arguments).await?;
+    if let Err(error) = channel.queue_declare(settings.name.as_str().into(), durable, arguments).await {
+        let Some(argument) = other_argument(&error) else { return Err(error) };
+        // Created with another retention (a setting changed since): use it as it is. The
+        // refusal closed the channel.
+        tracing::warn!(
+            stream = %settings.name,
+            "the stream {} exists with another {argument} than the configuration asks for ({}): it keeps its own. \
+             A stream's arguments cannot change; to apply the new setting, set a policy on the stream \
+             (README, RabbitMQ versions: retention of the streams)",
+            settings.name,
+            error_message(&error)
+        );
+        channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        channel.queue_declare(settings.name.as_str().into(), passive, FieldTable::default()).await?;
+    }
     channel.basic_qos(STREAM_PREFETCH, BasicQosOptions::default()).await?;
     let mut offset = FieldTable::default();
     offset.insert("x-stream-offset".into(), AMQPValue::Timestamp(settings.replay_from.timestamp().max(0) as u64));
@@ -241,6 +266,25 @@ async fn consume(connection: &Connection, settings: &LogSettings) -> Result<(Cha
     Ok((channel, consumer))
 }
 
+/// The argument (`x-max-age`, the segment size) with which an existing stream was declared
+/// otherwise, when that is why the broker refused a declare.
+fn other_argument(error: &lapin::Error) -> Option<&'static str> {
+    let ErrorKind::ProtocolError(e) = error.kind() else { return None };
+    if e.get_id() != AMQPSoftError::PRECONDITIONFAILED.get_id() {
+        return None;
+    }
+    let message = e.get_message().as_str();
+    ["x-max-age", "x-stream-max-segment-size-bytes"].into_iter().find(|argument| message.contains(&format!("inequivalent arg '{argument}'")))
+}
+
+/// The broker's text of a refusal.
+fn error_message(error: &lapin::Error) -> String {
+    match error.kind() {
+        ErrorKind::ProtocolError(e) => e.get_message().to_string(),
+        _ => error.to_string(),
+    }
+}
+
 /// Whether the broker refused a stream because it is still starting it.
 fn is_starting(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e)
@@ -248,7 +292,7 @@ fn is_starting(error: &lapin::Error) -> bool {
 }
 
 /// Applies the stream to `inner` until the consumer ends, then marks the log as ended.
-async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mutex<Inner<F>>>, stream: String) {
+async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mutex<Inner<F>>>, stream: String, ended: CancellationToken) {
     let mut unacked = 0;
     let why = loop {
         match consumer.next().await {
@@ -274,6 +318,7 @@ async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mut
     inner.ended = Some(why);
     // Dropping the senders wakes every waiter with an error.
     inner.awaited.clear();
+    ended.cancel();
 }
 
 fn apply<F: Fold>(inner: &mut Inner<F>, entry: Entry<F::Change>) {
@@ -330,6 +375,10 @@ mod tests {
         assert!(is_starting(&refusal(AMQPSoftError::PRECONDITIONFAILED, starting)));
         let other_arguments = "PRECONDITION_FAILED - inequivalent arg 'x-max-age' for queue 'els.ledger' in vhost 'v'";
         assert!(!is_starting(&refusal(AMQPSoftError::PRECONDITIONFAILED, other_arguments)), "a real misconfiguration fails at once");
+        assert_eq!(other_argument(&refusal(AMQPSoftError::PRECONDITIONFAILED, other_arguments)), Some("x-max-age"));
+        assert_eq!(other_argument(&refusal(AMQPSoftError::PRECONDITIONFAILED, starting)), None);
+        let queue_type = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'els.ledger' in vhost 'v'";
+        assert_eq!(other_argument(&refusal(AMQPSoftError::PRECONDITIONFAILED, queue_type)), None, "not a stream: an error");
         assert!(!is_starting(&refusal(AMQPSoftError::ACCESSREFUSED, "ACCESS_REFUSED - no replica needed")));
     }
 }

@@ -9,6 +9,7 @@ pub mod token_store;
 pub mod topology;
 
 use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 
@@ -28,18 +29,38 @@ pub enum BrokerError {
     /// Connecting, declaring, publishing or consuming failed (the URL is never shown).
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    /// A stream the worker reads (the ledger, the tokens) is no longer read.
+    #[error("the ledger or token stream is no longer read (deleted, or a stream member lost); reconnecting declares it again")]
+    StreamLost,
     /// The broker ended the consumer (connection lost, or the queue was deleted).
     #[error("the broker ended the consumer (connection lost or queue deleted)")]
     ConsumerEnded,
     /// Something built on the connection could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// `amqp.url` does not parse (the URL is never shown: it holds the password).
+    #[error(
+        "amqp.url is not a valid AMQP URL; expected amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), with the vhost \
+         percent-encoded (/ is %2f) and characters like @ : / in the password percent-encoded"
+    )]
+    BadUrl,
+    /// A publish was not confirmed in time (a blocked connection under a memory or disk
+    /// alarm, a link that stopped carrying anything).
+    #[error("the broker did not confirm a publish within {secs} s (a memory or disk alarm, or a broken link)")]
+    ConfirmTimeout { secs: u64 },
     /// Opening the connection took longer than `amqp.connect_timeout_secs`.
     #[error(
         "the broker did not complete the connection within {secs} s (amqp.connect_timeout_secs): is the address an \
          AMQP port of a running broker (not a load balancer without backends, not the management port)?"
     )]
     ConnectTimeout { secs: u64 },
+    /// Every msgid slot is held by a live connection of the fleet.
+    #[error(
+        "all {slots} msgid slots ({first} to {last}) are held by other processes (RESOURCE-LOCKED): at most {slots} \
+         worker replicas and `send` runs with [amqp] can talk to the platform per vhost and name prefix; scale the fleet \
+         to {slots} or fewer (this process waits for a slot to become free)"
+    )]
+    NoMsgidSlot { slots: u16, first: String, last: String },
     /// The broker did not confirm a publish.
     #[error("the broker refused to take a message (negative confirm)")]
     Nacked,
@@ -56,8 +77,13 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     }
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
+    // The parser's own error may quote the URL, password and all: say only what is wrong.
+    let mut uri: AMQPUri = settings.url.expose_secret().parse().map_err(|_| BrokerError::BadUrl)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(settings.heartbeat_secs);
+    }
     let secs = settings.connect_timeout_secs.max(1);
-    let connecting = Connection::connect_with_config(settings.url.expose_secret(), properties, tls, runtime);
+    let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
     match tokio::time::timeout(std::time::Duration::from_secs(secs), connecting).await {
         Ok(connected) => Ok(connected?),
         Err(_) => Err(BrokerError::ConnectTimeout { secs }),

@@ -17,8 +17,7 @@
 //! When the connection is lost the slot may go to another process: stop numbering with it,
 //! and claim again (maybe a different slot) on the new connection before sending.
 
-use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
-use lapin::types::ShortString;
+use lapin::protocol::AMQPSoftError;
 use lapin::{Connection, ErrorKind};
 
 use super::BrokerError;
@@ -31,7 +30,9 @@ pub fn slot_queue_name(prefix: &str, slot: u16) -> String {
 }
 
 /// Claims a free msgid slot (below [`MSGID_SLOTS`]) for as long as `connection` lives.
-/// Fails with RESOURCE_LOCKED (405) when every slot is held by a live connection.
+/// Fails with [`BrokerError::NoMsgidSlot`] when every slot is held by a live connection:
+/// at most [`MSGID_SLOTS`] processes of one fleet (vhost and prefix) talk to the platform
+/// at a time (the msgid's 4-digit sequence is split between them, 500 a second each).
 pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u16, BrokerError> {
     let mut channel = probe_channel(connection).await?;
     for slot in 0..MSGID_SLOTS {
@@ -52,9 +53,7 @@ pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u
         }
     }
     let _ = channel.close(200, "OK".into()).await;
-    let message = format!("all {MSGID_SLOTS} msgid slots ({}) are held by other connections", slot_queue_name(prefix, 0));
-    let error = AMQPError::new(AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED), ShortString::from(message));
-    Err(BrokerError::Amqp(ErrorKind::ProtocolError(error).into()))
+    Err(BrokerError::NoMsgidSlot { slots: MSGID_SLOTS, first: slot_queue_name(prefix, 0), last: slot_queue_name(prefix, MSGID_SLOTS - 1) })
 }
 
 fn is_resource_locked(error: &lapin::Error) -> bool {

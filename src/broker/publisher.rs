@@ -2,15 +2,20 @@
 //! responsibility for the message (persisted to a queue).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::generation::gen_field_table;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::BrokerError;
+
+/// How long a publish may wait for the broker's confirm.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A channel in confirm mode; cheap to clone, publishes may run concurrently.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    frame_max: usize,
 }
 
 impl Publisher {
@@ -18,24 +23,83 @@ impl Publisher {
     pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel })
+        Ok(Publisher { channel, frame_max: connection.configuration().frame_max() as usize })
     }
 
-    /// Publishes `body` and waits for the broker's confirm. A message that no queue takes
-    /// (`mandatory`, returned) or that the broker refuses is an error.
+    /// The largest frame the connection carries: a message's properties (its headers
+    /// among them) must fit in one, or the broker closes the whole connection.
+    pub fn frame_max(&self) -> usize {
+        self.frame_max
+    }
+
+    /// Publishes `body` and waits for the broker's confirm, at most [`CONFIRM_TIMEOUT`]. A
+    /// message that no queue takes (`mandatory`, returned) or that the broker refuses is an
+    /// error.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirmation = self
-            .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
-            .await?
-            .await?;
+        let confirming = async { self.channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await };
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirming)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout { secs: CONFIRM_TIMEOUT.as_secs() })??;
         if !confirmation.is_ack() || confirmation.take_message().is_some() {
             return Err(BrokerError::Nacked);
         }
         Ok(())
     }
 }
+
+/// Room for everything in a content header frame but the headers: frame and property
+/// overhead and the other properties (short strings of at most 255 bytes each).
+const PROPERTIES_ROOM: usize = 4096;
+
+/// The encoded size of one header (name, type and value), as it travels in a frame.
+fn encoded_size(name: &ShortString, value: &AMQPValue) -> usize {
+    let mut single = FieldTable::default();
+    single.insert(name.clone(), value.clone());
+    match cookie_factory::gen_simple(gen_field_table(&single), Vec::new()) {
+        Ok(bytes) => bytes.len().saturating_sub(4), // without the table's length
+        Err(_) => usize::MAX,
+    }
+}
+
+/// `headers` cut down to fit in a frame of `frame_max` bytes with the other properties:
+/// the largest headers not of this project (`x-els-*`) are dropped first, and
+/// `x-els-headers-cut` says how many were and which. A copy that does not fit would make
+/// the broker close the connection (FRAME_ERROR) and the message would come back for ever.
+pub fn fit_headers(headers: FieldTable, frame_max: usize) -> FieldTable {
+    let budget = frame_max.saturating_sub(PROPERTIES_ROOM);
+    let sizes: Vec<(ShortString, usize)> = headers.inner().iter().map(|(k, v)| (k.clone(), encoded_size(k, v))).collect();
+    let mut total: usize = sizes.iter().map(|(_, size)| *size).fold(0, usize::saturating_add);
+    if total <= budget {
+        return headers;
+    }
+    let mut droppable: Vec<&(ShortString, usize)> = sizes.iter().filter(|(k, _)| !k.as_str().starts_with("x-els-")).collect();
+    droppable.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    let mut cut = Vec::new();
+    for (name, size) in droppable {
+        if total <= budget {
+            break;
+        }
+        total = total.saturating_sub(*size);
+        cut.push(name.as_str().to_owned());
+    }
+    let mut kept = FieldTable::default();
+    for (name, value) in headers.inner() {
+        if !cut.iter().any(|c| c == name.as_str()) {
+            kept.insert(name.clone(), value.clone());
+        }
+    }
+    let mut names = cut.join(", ");
+    if names.len() > 500 {
+        names = format!("{}…", names.chars().take(500).collect::<String>());
+    }
+    let note = format!("{} header(s) removed to fit a frame of {frame_max} bytes: {names}", cut.len());
+    kept.insert(ShortString::from(HEADERS_CUT), AMQPValue::LongString(LongString::from(note)));
+    kept
+}
+
+/// The header that says which headers [`fit_headers`] removed.
+pub const HEADERS_CUT: &str = "x-els-headers-cut";
 
 /// The properties of a copy of a message (a dead letter, a parked or a replayed message):
 /// the original's, with `headers`, but without `expiration` (a copy must not expire with
@@ -109,5 +173,21 @@ mod tests {
         assert_eq!(copy.kind(), expected.kind());
         assert_eq!(*copy.priority(), Some(3));
         assert_eq!(*copy.timestamp(), Some(7));
+    }
+
+    #[test]
+    fn headers_too_large_for_a_frame_lose_the_largest_foreign_ones() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-big".into(), AMQPValue::LongString(LongString::from("b".repeat(123_000))));
+        headers.insert("x-medium".into(), AMQPValue::LongString(LongString::from("m".repeat(5_000))));
+        headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from("00-t-01")));
+        headers.insert("x-els-error".into(), AMQPValue::LongString(LongString::from("e".repeat(1000))));
+        let fitted = fit_headers(headers.clone(), 131_072);
+        let names: Vec<&str> = fitted.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["traceparent", "x-els-error", "x-els-headers-cut", "x-medium"]);
+        assert!(matches!(&fitted.inner()[HEADERS_CUT], AMQPValue::LongString(s) if s.to_string().starts_with("1 header(s) removed")));
+        assert_eq!(fit_headers(headers.clone(), 1_000_000).inner().len(), 4, "what fits is kept as it is");
+        let fitted = fit_headers(headers, 8_192);
+        assert!(!fitted.inner().contains_key("x-medium") && fitted.inner().contains_key("x-els-error"));
     }
 }

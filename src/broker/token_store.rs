@@ -237,6 +237,11 @@ impl AmqpTokenStore {
         Ok(())
     }
 
+    /// Cancelled once the token stream is no longer read (see [`StreamLog::lost`]).
+    pub fn lost(&self) -> tokio_util::sync::CancellationToken {
+        self.log.lost()
+    }
+
     fn local_lock(&self, institution: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.local_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Arc::clone(locks.entry(institution.to_owned()).or_default())

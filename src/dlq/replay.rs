@@ -24,13 +24,14 @@ use crate::worker::settle::header;
 
 /// Headers removed from a replayed copy: the dead-letter headers of contract §2, the
 /// retry state, and what the broker adds when it dead-letters or redelivers.
-pub const RESET_HEADERS: [&str; 16] = [
+pub const RESET_HEADERS: [&str; 17] = [
     header::REASON,
     header::ERROR,
     header::RETURN_CODE,
     header::ATTEMPTS,
     header::FIRST_FAILED_AT,
     header::LAST_FAILED_AT,
+    header::PARKED_UNTIL,
     stamp::DELIVERY_COUNT,
     "x-acquired-count",
     "x-death",

@@ -220,6 +220,11 @@ impl Ledger {
         Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()), claim_round_trip: RoundTrip::default() })
     }
 
+    /// Cancelled once the ledger stream is no longer read (see [`StreamLog::lost`]).
+    pub fn lost(&self) -> tokio_util::sync::CancellationToken {
+        self.log.lost()
+    }
+
     fn gone(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.gone.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let http = tokio::spawn(health::serve(listener, health.clone(), http_stop.clone()));
 
     let mut failures = 0;
+    let mut waiting_for_slot = false;
     loop {
         let started = Instant::now();
         match connect_and_run(&config, &amqp, &holds, &health, &shutdown).await {
@@ -102,7 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
                 }
                 failures = if started.elapsed() > STABLE_SESSION { 1 } else { failures + 1 };
                 let wait = backoff.delay(failures);
-                tracing::error!("broker connection lost or unusable ({error}); reconnecting in {:.1}s", wait.as_secs_f64());
+                log_failure(&error, wait, &mut waiting_for_slot);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = shutdown.cancelled() => break,
@@ -118,6 +119,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         tracing::warn!("an HTTP client did not finish its request within {}s of the drain; not waiting for it", HTTP_SHUTDOWN.as_secs());
     }
     Ok(())
+}
+
+/// Logs why a session ended in an error: each lost connection at ERROR; the lack of a free
+/// msgid slot (the fleet is too large until another process stops) once while it lasts.
+fn log_failure(error: &BrokerError, wait: Duration, waiting_for_slot: &mut bool) {
+    if matches!(error, BrokerError::NoMsgidSlot { .. }) {
+        if !*waiting_for_slot {
+            tracing::error!("{error}");
+        }
+        *waiting_for_slot = true;
+        tracing::debug!("still no free msgid slot; trying again in {:.1}s", wait.as_secs_f64());
+    } else {
+        *waiting_for_slot = false;
+        tracing::error!("broker connection lost or unusable ({error}); reconnecting in {:.1}s", wait.as_secs_f64());
+    }
 }
 
 /// Tells the operator, once per process, which queues RabbitMQ 4 may drop messages from.
@@ -155,12 +171,12 @@ async fn connect_and_run(
         () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
     };
     let result = async {
-        let pipeline = tokio::select! {
+        let (pipeline, streams_lost) = tokio::select! {
             prepared = prepare(config, amqp, holds, &connection) => prepared?,
             () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
         };
         let on_consuming = |consuming: bool| health.set_consuming(consuming);
-        let session = Session { config, amqp, pipeline, on_consuming: &on_consuming };
+        let session = Session { config, amqp, pipeline, on_consuming: &on_consuming, streams_lost };
         session.run(&connection, shutdown).await
     }
     .await;
@@ -173,8 +189,9 @@ async fn connect_and_run(
 }
 
 /// Declares the topology and sets up what a session's batches need on `connection`: the
-/// token store, a msgid slot, the publisher and the ledger.
-async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection: &Connection) -> Result<Pipeline, BrokerError> {
+/// token store, a msgid slot, the publisher and the ledger; and a token cancelled when
+/// the token or ledger stream is lost.
+async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection: &Connection) -> Result<(Pipeline, CancellationToken), BrokerError> {
     let topology = Topology::new(amqp, &config.retry);
     let declared = topology.declare(connection).await?;
     warn_of_delivery_limit(&declared);
@@ -183,15 +200,26 @@ async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection
     let slot = broker::msgid_slot::claim_msgid_slot(connection, &amqp.name_prefix).await?;
     let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))
         .map_err(|e| BrokerError::Setup(e.to_string()))?;
-    let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let publisher = Publisher::open(connection).await?;
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
     let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
-    Ok(Pipeline {
+    let streams_lost = CancellationToken::new();
+    let (tokens_lost, ledger_lost, either) = (store.lost(), ledger.lost(), streams_lost.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokens_lost.cancelled() => {}
+            () = ledger_lost.cancelled() => {}
+            () = either.cancelled() => {}
+        }
+        either.cancel();
+    });
+    let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
+    let pipeline = Pipeline {
         uploader: Uploader::new(client, tokens).with_cap(config.batch.max_in_flight_per_institution),
         settler,
         holds: holds.clone(),
         ledger: Arc::new(ledger),
-    })
+    };
+    Ok((pipeline, streams_lost))
 }

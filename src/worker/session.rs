@@ -48,6 +48,9 @@ pub struct Session<'a> {
     pub pipeline: Pipeline,
     /// Set when the session consumes, cleared when it stops.
     pub on_consuming: &'a (dyn Fn(bool) + Sync),
+    /// Cancelled when the ledger or token stream is no longer read: nothing can be
+    /// uploaded safely any more, so the session ends (and the worker reconnects).
+    pub streams_lost: CancellationToken,
 }
 
 /// What a task reports back when its deliveries are settled.
@@ -118,6 +121,7 @@ impl Session<'_> {
                     }
                     drain_deadline = Some(Instant::now() + Duration::from_secs(self.config.worker.drain_deadline_secs));
                 }
+                () = self.streams_lost.cancelled() => break Err(BrokerError::StreamLost),
                 () = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now).into()), if draining => {
                     break Ok(SessionEnd::DeadlinePassed { unsettled: lanes.waiting() + tasks.len() });
                 }

@@ -28,7 +28,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use super::acks::Tag;
 use super::holds::Holds;
 use crate::beijing;
-use crate::broker::publisher::copy_properties;
+use crate::broker::publisher::{copy_properties, fit_headers};
 use crate::broker::{Publisher, Topology};
 use crate::platform::Outcome;
 use crate::retry::Backoff;
@@ -78,7 +78,17 @@ pub mod header {
     pub const FIRST_FAILED_AT: &str = "x-els-first-failed-at";
     /// Last failure (RFC 3339).
     pub const LAST_FAILED_AT: &str = "x-els-last-failed-at";
+    /// When a parked copy is due back from its delay queue (RFC 3339), written by the
+    /// worker: only a delivery that carries a recent one has its retry state trusted.
+    pub const PARKED_UNTIL: &str = "x-els-parked-until";
 }
+
+/// How long after its `x-els-parked-until` a parked message may come back and still have
+/// its retry state trusted (it may wait behind a backlog in the work queue).
+const PARKED_LATE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// How early it may come back (the clocks of the replica that parked it and of the one
+/// that receives it may differ).
+const PARKED_EARLY: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The retry state a message carries in its headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,20 +100,34 @@ pub struct RetryState {
 }
 
 impl RetryState {
-    /// Reads the state from a message's headers (absent or malformed headers mean none).
+    /// The retry state the worker wrote into a message it parked, read from its headers.
     pub fn of(headers: Option<&FieldTable>) -> Self {
+        Self::of_at(headers, Utc::now())
+    }
+
+    /// [`RetryState::of`] at `now`. Headers decide the retry budget only on a message that
+    /// comes back from a delay queue about when the worker said it would
+    /// ([`header::PARKED_UNTIL`]); an event published with such headers, or a dead letter
+    /// re-published by hand, starts with a fresh budget. A first failure in the future
+    /// counts as now. Absent or malformed headers mean no state.
+    pub fn of_at(headers: Option<&FieldTable>, now: DateTime<Utc>) -> Self {
         let Some(headers) = headers else { return RetryState::default() };
         let map = headers.inner();
-        let attempts = match map.get(header::ATTEMPTS) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
-            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-            Some(AMQPValue::LongUInt(n)) => *n,
-            _ => 0,
-        };
-        let first_failed_at = match map.get(header::FIRST_FAILED_AT) {
+        let time = |name: &str| match map.get(name) {
             Some(AMQPValue::LongString(s)) => DateTime::parse_from_rfc3339(&s.to_string()).ok().map(|t| t.with_timezone(&Utc)),
             _ => None,
         };
+        let parked_recently = time(header::PARKED_UNTIL).is_some_and(|due| due - PARKED_EARLY <= now && now <= due + PARKED_LATE);
+        if !parked_recently {
+            return RetryState::default();
+        }
+        let attempts = match map.get(header::ATTEMPTS) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongUInt(n)) => *n,
+            _ => 0,
+        };
+        let first_failed_at = time(header::FIRST_FAILED_AT).map(|first| first.min(now));
         RetryState { attempts, first_failed_at }
     }
 }
@@ -253,6 +277,7 @@ impl Settler {
         put(&mut headers, header::FIRST_FAILED_AT, text(&rfc3339(first)));
         put(&mut headers, header::LAST_FAILED_AT, text(&rfc3339(now)));
         put(&mut headers, header::ERROR, text(&excerpt_long(&outcome.to_string())));
+        put(&mut headers, header::PARKED_UNTIL, text(&rfc3339(now + wait)));
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
         let moved = self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
         if moved == Moved::Copied {
@@ -263,7 +288,11 @@ impl Settler {
 
     /// Moves a delivery to a delay queue for `wait`, headers unchanged.
     async fn park(&self, delivery: &Delivery, wait: Duration) -> Moved {
-        let headers = own_headers(delivery);
+        let mut headers = own_headers(delivery);
+        if RetryState::of(delivery.properties.headers().as_ref()) != RetryState::default() {
+            // Keeps the retry state trusted when the copy comes back.
+            put(&mut headers, header::PARKED_UNTIL, text(&rfc3339(Utc::now() + wait)));
+        }
         self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await
     }
 
@@ -295,6 +324,7 @@ impl Settler {
     /// tried again [`COPY_TRIES`] times; then the original is handed back (requeued) rather
     /// than held unacked until the broker's consumer timeout.
     async fn republish(&self, delivery: &Delivery, queue: &str, headers: FieldTable, expire: Option<Duration>) -> Moved {
+        let headers = fit_headers(headers, self.publisher.frame_max());
         let mut properties = copy_properties(&delivery.properties, headers);
         if let Some(wait) = expire {
             properties = properties.with_expiration(wait.as_millis().max(1).to_string().into());
@@ -378,14 +408,45 @@ pub fn until_beijing_midnight() -> Duration {
 mod tests {
     use super::*;
 
+    fn time(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
     #[test]
     fn retry_state_reads_its_headers() {
         let mut headers = FieldTable::default();
         put(&mut headers, header::ATTEMPTS, AMQPValue::LongLongInt(3));
         put(&mut headers, header::FIRST_FAILED_AT, text("2026-11-25T01:02:03.004Z"));
-        let state = RetryState::of(Some(&headers));
+        put(&mut headers, header::PARKED_UNTIL, text("2026-11-25T02:00:00.000Z"));
+        let state = RetryState::of_at(Some(&headers), time("2026-11-25T02:00:01Z"));
         assert_eq!(state.attempts, 3);
         assert_eq!(state.first_failed_at.unwrap().to_rfc3339_opts(SecondsFormat::Millis, true), "2026-11-25T01:02:03.004Z");
         assert_eq!(RetryState::of(None), RetryState::default());
+    }
+
+    #[test]
+    fn only_a_message_back_from_its_delay_queue_carries_a_retry_budget() {
+        let now = time("2026-11-25T02:00:00Z");
+        let mut forged = FieldTable::default();
+        put(&mut forged, header::ATTEMPTS, AMQPValue::LongLongInt(3));
+        put(&mut forged, header::FIRST_FAILED_AT, text("1970-01-01T00:00:00.000Z"));
+        assert_eq!(RetryState::of_at(Some(&forged), now), RetryState::default(), "a publisher's headers start afresh");
+
+        let mut stale = forged.clone();
+        put(&mut stale, header::PARKED_UNTIL, text("2026-11-24T02:00:00.000Z"));
+        assert_eq!(RetryState::of_at(Some(&stale), now), RetryState::default(), "a dead letter re-published a day later");
+        let mut early = forged.clone();
+        put(&mut early, header::PARKED_UNTIL, text("2026-11-25T03:00:00.000Z"));
+        assert_eq!(RetryState::of_at(Some(&early), now), RetryState::default(), "not parked by this fleet's clock");
+
+        let mut future = FieldTable::default();
+        put(&mut future, header::ATTEMPTS, AMQPValue::LongLongInt(1));
+        put(&mut future, header::FIRST_FAILED_AT, text("2099-01-01T00:00:00.000Z"));
+        put(&mut future, header::PARKED_UNTIL, text("2026-11-25T01:59:59.000Z"));
+        assert_eq!(RetryState::of_at(Some(&future), now).first_failed_at, Some(now), "a first failure in the future counts as now");
+
+        let mut huge = future.clone();
+        put(&mut huge, header::ATTEMPTS, AMQPValue::LongLongInt(i64::MAX));
+        assert_eq!(RetryState::of_at(Some(&huge), now).attempts, u32::MAX);
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod broker;
 pub mod records;
+pub mod relay;
 pub mod simulator;
 pub mod worker;
