@@ -400,3 +400,88 @@ async fn a_silent_link_to_the_broker_is_noticed_and_nothing_is_lost() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// The platform issued a token but its answer was lost: until that token is within 5
+/// minutes of expiry the platform answers 9 ("one is held") to every ELS7001 call. The
+/// worker must not call ELS7001 with every batch attempt meanwhile (520 calls in 2 minutes
+/// before: each counts against the daily call limit): it waits 30 s, then longer, and
+/// uploads once a new token can be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_token_answer_does_not_start_a_storm_of_token_calls() {
+    use els_bridge::simulator::api::{CallFilter, TimeoutMode, Timeouts};
+    // The lost token lives 40 s; a new one is issued in its last 30 s.
+    let sim = TestSimulator::builder().institutions(1).arg("--token-validity-secs", 40).arg("--token-refresh-window-secs", 30).start();
+    let World { sim, vhost, amqp } = World::new("token-storm", sim).await;
+    let code = sim.institution(0).code.clone();
+    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Close, hang_ms: 0, processed: true }).await;
+    let events: Vec<serde_json::Value> =
+        (0..10).map(|i| event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, &format!("STORM-{i}"), "1"))).collect();
+    amqp.publish(&events).await;
+    let config = worker_config(&sim, &vhost, 100);
+    // A lead shorter than the 40 s tokens, so that a fresh token is used as it is.
+    let text = std::fs::read_to_string(&config).unwrap().replace("[platform]\n", "[platform]\ntoken_refresh_lead_secs = 10\n");
+    std::fs::write(&config, text).unwrap();
+    let mut worker = WorkerProcess::start(&config, "token-storm");
+
+    eventually("the records are stored once a new token can be had", Duration::from_secs(90), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 10).then_some(())
+    })
+    .await;
+    let token_calls = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls.len();
+    // The lost one, a 9, another 9 or the new token after 30 s, maybe one more after 60 s.
+    assert!(token_calls <= 5, "{token_calls} ELS7001 calls:\n{}", worker.logs());
+    assert!(amqp.take_all("els.dead").await.is_empty());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// Replica A uploads version 2 of a key; replica B gets version 1 meanwhile. Version 1
+/// was acked as "superseded" by A's *claim*, and then the platform refused version 2: the
+/// key was nowhere. Now a newer version supersedes only once it is accepted: B waits for
+/// A's upload, and since version 2 was refused, version 1 is uploaded (or, refused as
+/// well, dead-lettered): every message ends at the platform or as a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_is_not_superseded_by_a_newer_one_that_is_then_refused() {
+    let World { sim, vhost, amqp } = World::with_institutions("superseded-refused", 1).await;
+    let code = sim.institution(0).code.clone();
+    sim.set_latency(6_000, 6_000).await;
+    sim.refuse_keys(&["RACED"], 13).await;
+    let config = worker_config(&sim, &vhost, 50);
+    let mut a = WorkerProcess::start(&config, "replica-a");
+    let mut b = WorkerProcess::start(&config, "replica-b");
+    // Both consume (rabbitmqctl shows two consumers on the work queue).
+    eventually("both replicas consume", Duration::from_secs(30), async || {
+        let consumers = common::broker::rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name"]);
+        (consumers.lines().filter(|l| l.trim() == "els.events").count() == 2).then_some(())
+    })
+    .await;
+
+    let v2 = event(Infno::Els7002, &code, Some(2), row(Infno::Els7002, "RACED", "2")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7002, &code), v2.as_bytes(), "v2").await;
+    eventually("a replica holds version 2", Duration::from_secs(20), async || {
+        vhost.queue_counts("els.events").filter(|c| c.unacked == 1 && c.ready == 0).map(|_| ())
+    })
+    .await;
+    let v1 = event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "RACED", "1")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7002, &code), v1.as_bytes(), "v1").await;
+
+    // Version 2 is refused and dead-lettered; then the refusal is lifted.
+    let mut letters = dead_letters(&amqp, 1, Duration::from_secs(60)).await;
+    sim.clear_fault("refusals").await;
+    let version_of = |m: &Message| m.body["version"].as_u64();
+    assert_eq!(version_of(&letters[0]), Some(2), "{:?}", letters[0].body);
+    // Version 1 ends at the platform, or as a dead letter if it was refused too: never acked unseen.
+    let outcome = eventually("version 1 is stored or dead-lettered", Duration::from_secs(60), async || {
+        letters.extend(amqp.take_all("els.dead").await);
+        if letters.iter().any(|m| version_of(m) == Some(1)) {
+            return Some("dead-lettered");
+        }
+        let page = sim.records(&RecordFilter::default()).await;
+        page.records.iter().any(|r| r.key == "RACED" && r.row["stoin_cnt"] == "1").then_some("stored")
+    })
+    .await;
+    eprintln!("version 1 was {outcome}");
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    assert!(b.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}

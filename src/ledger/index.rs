@@ -103,7 +103,6 @@ impl Index {
                 turns.push(Turn::Superseded);
                 continue;
             }
-            let mut turn = Turn::Go;
             for (seq, other) in self.claimed.get(key).into_iter().flatten() {
                 if *seq >= mine.seq {
                     break;
@@ -114,18 +113,15 @@ impl Index {
                 {
                     continue;
                 }
-                let earlier_version = earlier.keys.iter().find(|(k, _)| k == key).and_then(|(_, v)| *v);
-                match (earlier_version, *version) {
-                    (Some(theirs), Some(ours)) if theirs > ours => turn = Turn::Superseded,
-                    _ => {
-                        if let Some(holder) = earlier.holder.as_ref().filter(|h| !holders.contains(h)) {
-                            holders.push(holder.clone());
-                        }
-                        blocked = true;
-                    }
+                // Whatever its version: a newer one supersedes this row only once it is
+                // accepted (its receipt makes this row stale). Refused, it leaves the key
+                // to this row.
+                if let Some(holder) = earlier.holder.as_ref().filter(|h| !holders.contains(h)) {
+                    holders.push(holder.clone());
                 }
+                blocked = true;
             }
-            turns.push(turn);
+            turns.push(Turn::Go);
         }
         if blocked { Err(Blocked { holders }) } else { Ok(turns) }
     }
@@ -245,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn a_later_claim_waits_for_an_earlier_lower_one_and_yields_to_a_higher_one() {
+    fn a_later_claim_waits_for_an_earlier_one_and_yields_only_to_an_accepted_higher_one() {
         let mut index = Index::new(10);
         index.apply(claim("a", &[("k", Some(1)), ("j", None)]));
         index.apply(claim("b", &[("k", Some(2))]));
@@ -260,7 +256,17 @@ mod tests {
         index.apply(claim("d", &[("k", Some(9))]));
         index.apply(claim("e", &[("k", Some(3))]));
         index.apply(Entry::Release { claim: "b".into() });
-        assert_eq!(index.turns("e", 1, no_one_gone), Ok(vec![Turn::Superseded]), "a newer version was claimed first");
+        assert_eq!(index.turns("e", 1, no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "a newer version claimed first: wait for it");
+        index.apply(receipt("k", Some(9)));
+        index.apply(Entry::Release { claim: "d".into() });
+        assert_eq!(index.turns("e", 1, no_one_gone), Ok(vec![Turn::Superseded]), "the newer version was accepted");
+
+        // A newer version that is refused (released without a receipt) leaves the key to the older one.
+        index.apply(claim("f", &[("r", Some(2))]));
+        index.apply(claim("g", &[("r", Some(1))]));
+        assert!(index.turns("g", 1, no_one_gone).is_err());
+        index.apply(Entry::Release { claim: "f".into() });
+        assert_eq!(index.turns("g", 1, no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
     }
 
     #[test]

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -101,18 +101,56 @@ impl TokenError {
     }
 }
 
+/// After the platform said that a token no process here knows is held elsewhere (9), ELS7001
+/// is not called again for the institution for this long, doubling up to
+/// [`HELD_ELSEWHERE_MAX_WAIT`]: such a token lives up to 25 more minutes (its answer was
+/// lost, or another program uses the same credentials), and every call counts against the
+/// daily call limit.
+pub const HELD_ELSEWHERE_FIRST_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait between two ELS7001 calls while a token is held elsewhere.
+pub const HELD_ELSEWHERE_MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// When ELS7001 may be called again for an institution whose token is held elsewhere.
+#[derive(Debug, Clone, Copy)]
+struct HeldElsewhere {
+    until: Instant,
+    next_wait: Duration,
+}
+
 /// Hands out the current token of each institution, fetching one when needed.
 #[derive(Clone)]
 pub struct Tokens {
     store: Arc<dyn TokenStore>,
     client: PlatformClient,
     refresh_lead: Duration,
+    held_elsewhere: Arc<Mutex<HashMap<String, HeldElsewhere>>>,
 }
 
 impl Tokens {
     /// Tokens kept in `store`, refreshed `refresh_lead` before expiry.
     pub fn new(store: Arc<dyn TokenStore>, client: PlatformClient, refresh_lead: Duration) -> Self {
-        Tokens { store, client, refresh_lead }
+        Tokens { store, client, refresh_lead, held_elsewhere: Arc::default() }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldElsewhere>> {
+        self.held_elsewhere.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether ELS7001 is not to be called yet for `code` (see [`HELD_ELSEWHERE_FIRST_WAIT`]).
+    fn waiting_for_elsewhere(&self, code: &str) -> bool {
+        self.held().get(code).is_some_and(|held| Instant::now() < held.until)
+    }
+
+    /// Remembers the answer "held elsewhere" (or forgets it, when a token was had).
+    fn note_held_elsewhere(&self, code: &str, held: bool) {
+        let mut map = self.held();
+        if !held {
+            map.remove(code);
+            return;
+        }
+        let wait = map.get(code).map_or(HELD_ELSEWHERE_FIRST_WAIT, |h| h.next_wait);
+        tracing::warn!(institution = %code, wait_secs = wait.as_secs(), "the platform holds a token for this institution that no process here knows; not asking again for a while");
+        map.insert(code.to_owned(), HeldElsewhere { until: Instant::now() + wait, next_wait: (wait * 2).min(HELD_ELSEWHERE_MAX_WAIT) });
     }
 
     /// A token for the institution that is good for at least [`MIN_USABLE`].
@@ -123,6 +161,21 @@ impl Tokens {
         {
             return Ok(token);
         }
+        if self.waiting_for_elsewhere(code) {
+            let usable = self.store.current(code).await?.filter(|t| t.remaining(Utc::now()) > MIN_USABLE);
+            return usable.ok_or_else(|| TokenError::HeldElsewhere(code.clone()));
+        }
+        let result = self.refresh(institution).await;
+        if let Ok(_) | Err(TokenError::HeldElsewhere(_)) = &result {
+            self.note_held_elsewhere(code, result.is_err());
+        }
+        result
+    }
+
+    /// [`Tokens::get`] past the fast path: under the refresh lock, the stored token if
+    /// another process refreshed meanwhile, else ELS7001.
+    async fn refresh(&self, institution: &Institution) -> Result<Token, TokenError> {
+        let code = &institution.fixmedins_code;
         let _lock = self.store.lock_refresh(code).await?;
         // Another process may have refreshed while this one waited for the lock.
         let stored = self.store.current(code).await?;
