@@ -42,7 +42,7 @@ use super::{BrokerError, Publisher};
 
 /// Unacknowledged entries a log's consumer may hold.
 pub const STREAM_PREFETCH: u16 = 100;
-/// How long an appended entry may take to come back through the own consumer.
+/// How long the own consumer may read nothing at all while an appended entry is awaited.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Segment size of the streams: retention drops whole segments, so keep them small.
 const SEGMENT_BYTES: i64 = 1_000_000;
@@ -82,7 +82,7 @@ pub enum LogError {
     #[error("the stream {stream} is no longer read ({why}); the connection must be reopened")]
     Ended { stream: String, why: String },
     /// An entry did not come back in time.
-    #[error("an entry published to the stream {stream} did not come back within {}s", SYNC_TIMEOUT.as_secs())]
+    #[error("an entry published to the stream {stream} did not come back, and nothing was read from it for {}s", SYNC_TIMEOUT.as_secs())]
     TimedOut { stream: String },
 }
 
@@ -99,6 +99,8 @@ struct Inner<F> {
     awaited: HashMap<String, oneshot::Sender<()>>,
     /// Why the consumer ended; the log is unusable from then on.
     ended: Option<String>,
+    /// Entries read so far (progress while a long log is replayed).
+    applied: u64,
 }
 
 /// A log on a stream, folded into `F`; see the module documentation.
@@ -133,7 +135,7 @@ impl<F: Fold> StreamLog<F> {
                 Err(error) => return Err(BrokerError::from(error).into()),
             }
         };
-        let inner = Arc::new(Mutex::new(Inner { fold, awaited: HashMap::new(), ended: None }));
+        let inner = Arc::new(Mutex::new(Inner { fold, awaited: HashMap::new(), ended: None, applied: 0 }));
         let ended = CancellationToken::new();
         let reader = tokio::spawn(read(channel, consumer, Arc::clone(&inner), settings.name.clone(), ended.clone()));
         let log = StreamLog { stream: settings.name.clone(), publisher: Publisher::open(connection).await?, inner, reader, ended };
@@ -214,10 +216,23 @@ impl<F: Fold> StreamLog<F> {
         };
         let outcome = async {
             self.publisher.publish("", &self.stream, body, entry_properties(&id)).await?;
-            match tokio::time::timeout(SYNC_TIMEOUT, seen).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(self.ended(self.lock().ended.clone().unwrap_or_else(|| "unknown".into()))),
-                Err(_) => Err(LogError::TimedOut { stream: self.stream.clone() }),
+            tokio::pin!(seen);
+            // A long log takes long to replay: give up only when nothing at all was read
+            // for SYNC_TIMEOUT, not after SYNC_TIMEOUT in all.
+            let mut read_before = self.lock().applied;
+            loop {
+                match tokio::time::timeout(SYNC_TIMEOUT, &mut seen).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(_)) => return Err(self.ended(self.lock().ended.clone().unwrap_or_else(|| "unknown".into()))),
+                    Err(_) => {
+                        let read_now = self.lock().applied;
+                        if read_now == read_before {
+                            return Err(LogError::TimedOut { stream: self.stream.clone() });
+                        }
+                        tracing::debug!(stream = %self.stream, entries = read_now, "still reading the stream");
+                        read_before = read_now;
+                    }
+                }
             }
         }
         .await;
@@ -322,6 +337,7 @@ async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mut
 }
 
 fn apply<F: Fold>(inner: &mut Inner<F>, entry: Entry<F::Change>) {
+    inner.applied += 1;
     if let Some(change) = entry.change {
         inner.fold.apply(change);
     }
@@ -354,7 +370,7 @@ mod tests {
 
     #[test]
     fn entries_are_folded_in_order_and_wake_their_writer() {
-        let mut inner = Inner { fold: Sum::default(), awaited: HashMap::new(), ended: None };
+        let mut inner = Inner { fold: Sum::default(), awaited: HashMap::new(), ended: None, applied: 0 };
         let (sender, mut receiver) = oneshot::channel();
         inner.awaited.insert("b".into(), sender);
         apply(&mut inner, serde_json::from_str(r#"{"id":"a","change":2}"#).unwrap());
