@@ -119,6 +119,10 @@ impl Default for AmqpSettings {
     }
 }
 
+fn default_claim_ttl_secs() -> u64 {
+    300
+}
+
 fn default_connect_timeout_secs() -> u64 {
     30
 }
@@ -258,6 +262,11 @@ pub struct LedgerSettings {
     /// Days the broker keeps receipts (the stream's `x-max-age`); `report` can look back
     /// this far.
     pub retention_days: u32,
+    /// A ledger claim neither released nor renewed for this long is treated as abandoned
+    /// (its holder's process hangs with its connection alive). Workers renew their claims
+    /// every third of it while an upload lasts, so a long bisection keeps its keys.
+    #[serde(default = "default_claim_ttl_secs")]
+    pub claim_ttl_secs: u64,
     /// Days of receipts each worker indexes at start-up to refuse stale versions.
     pub index_days: u32,
     /// Most keys a worker's index holds; the oldest are forgotten beyond this.
@@ -266,7 +275,7 @@ pub struct LedgerSettings {
 
 impl Default for LedgerSettings {
     fn default() -> Self {
-        LedgerSettings { retention_days: 400, index_days: 35, max_index_keys: 250_000 }
+        LedgerSettings { retention_days: 400, index_days: 35, max_index_keys: 250_000, claim_ttl_secs: default_claim_ttl_secs() }
     }
 }
 
@@ -498,6 +507,9 @@ impl Config {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(1..=100).contains(&self.batch.max_records) {
             return fail(format!("batch.max_records is {}; it must be 1 to 100 (the platform's limit)", self.batch.max_records));
+        }
+        if self.ledger.claim_ttl_secs == 0 || self.ledger.claim_ttl_secs > 86_400 {
+            return fail("ledger: claim_ttl_secs must be 1 to 86400".into());
         }
         if self.ledger.retention_days == 0 || self.ledger.index_days == 0 || self.ledger.index_days > self.ledger.retention_days {
             return fail("ledger: retention_days and index_days must be at least 1, index_days at most retention_days".into());

@@ -485,3 +485,50 @@ async fn an_older_version_is_not_superseded_by_a_newer_one_that_is_then_refused(
     assert!(b.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// A long upload (a refused batch bisected, several slow calls) outlasts the claim TTL:
+/// its holder renews its claim while it works, so another replica waits instead of
+/// taking the claim for abandoned and uploading version 2 before this one's version 1 (a
+/// stale overwrite). With `ledger.claim_ttl_secs` at 2 s and 4 s per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_outlasting_its_ttl_while_its_holder_works_keeps_its_keys() {
+    let World { sim, vhost, amqp } = World::with_institutions("claim-renewed", 1).await;
+    let code = sim.institution(0).code.clone();
+    sim.set_latency(4_000, 4_000).await;
+    sim.refuse_keys(&["REFUSED-R"], 13).await;
+    let config = worker_config(&sim, &vhost, 50);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_ttl = |prefetch: &str| text.replace("prefetch = 500\n", prefetch).replace("[worker]\n", "[ledger]\nclaim_ttl_secs = 2\n\n[worker]\n");
+    let config_a = config.with_file_name("a.toml");
+    std::fs::write(&config_a, with_ttl("prefetch = 2\n")).unwrap();
+    std::fs::write(&config, with_ttl("prefetch = 500\n")).unwrap();
+
+    // Replica A takes version 1 of K and a row the platform refuses, in one batch (its
+    // prefetch is 2: version 2 can only go to B).
+    let k1 = event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "K", "1"));
+    let refused = event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "REFUSED-R", "1"));
+    amqp.publish(&[k1, refused]).await;
+    let mut a = WorkerProcess::start(&config_a, "replica-a");
+    eventually("replica A holds both", Duration::from_secs(20), async || {
+        vhost.queue_counts("els.events").filter(|c| c.unacked == 2 && c.ready == 0).map(|_| ())
+    })
+    .await;
+    let mut b = WorkerProcess::start(&config, "replica-b");
+    eventually("both replicas consume", Duration::from_secs(30), async || {
+        let consumers = common::broker::rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name"]);
+        (consumers.lines().filter(|l| l.trim() == "els.events").count() == 2).then_some(())
+    })
+    .await;
+    let k2 = event(Infno::Els7002, &code, Some(2), row(Infno::Els7002, "K", "2")).to_string();
+    amqp.publish_raw(&routing_key(Infno::Els7002, &code), k2.as_bytes(), "k2").await;
+
+    let letters = dead_letters(&amqp, 1, Duration::from_secs(60)).await;
+    assert_eq!(letters[0].body["data"]["hosp_purc_mgt_detl"], "REFUSED-R");
+    vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(60));
+    let page = sim.records(&RecordFilter::default()).await;
+    let k = page.records.iter().find(|r| r.key == "K").expect("K is at the platform");
+    assert_eq!(k.row["stoin_cnt"], "2", "version 1 overwrote version 2:\n{}\n{}", a.logs(), b.logs());
+    assert!(a.terminate(Duration::from_secs(30)).success());
+    assert!(b.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}

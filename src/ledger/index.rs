@@ -14,8 +14,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 
 use super::{CLAIM_TTL, Claim, Entry, Turn};
 use crate::spec::Infno;
@@ -24,7 +24,9 @@ use crate::spec::Infno;
 #[derive(Debug, Clone)]
 struct ActiveClaim {
     seq: u64,
-    at: DateTime<Utc>,
+    /// When this process read the claim or its latest renewal: expiry is measured on this
+    /// process's own monotonic clock, never against the claimer's wall clock.
+    seen: Instant,
     holder: Option<String>,
     keys: Vec<(u64, Option<u64>)>,
 }
@@ -46,6 +48,8 @@ pub struct Index {
     /// Per key, the claims in force on it: (sequence, claim id), in log order.
     claimed: HashMap<u64, Vec<(u64, String)>>,
     seq: u64,
+    /// A claim neither released nor renewed for this long is treated as abandoned.
+    claim_ttl: Duration,
 }
 
 fn key_id(institution: &str, infno: Infno, key: &str) -> u64 {
@@ -64,7 +68,13 @@ impl Index {
             claims: HashMap::new(),
             claimed: HashMap::new(),
             seq: 0,
+            claim_ttl: CLAIM_TTL,
         }
+    }
+
+    /// The same index, treating claims neither released nor renewed for `ttl` as abandoned.
+    pub fn with_claim_ttl(self, ttl: Duration) -> Self {
+        Index { claim_ttl: ttl, ..self }
     }
 
     /// Keys indexed.
@@ -88,13 +98,13 @@ impl Index {
 
     /// The turn of each of the `keys` keys of the claim `id`, or what blocks it while an
     /// earlier claim on one of its keys is still in force. Claims of holders that `gone`
-    /// says are gone (their connection died) or older than [`CLAIM_TTL`] hold nothing up.
+    /// says are gone (their connection died) or neither released nor renewed for the claim
+    /// TTL hold nothing up.
     pub fn turns(&self, id: &str, keys: usize, gone: impl Fn(&str) -> bool) -> Result<Vec<Turn>, Blocked> {
         let Some(mine) = self.claims.get(id) else {
             // Our own claim is gone only when it expired after waiting that long: go.
             return Ok(vec![Turn::Go; keys]);
         };
-        let now = Utc::now();
         let mut holders: Vec<String> = Vec::new();
         let mut blocked = false;
         let mut turns = Vec::with_capacity(mine.keys.len());
@@ -108,8 +118,7 @@ impl Index {
                     break;
                 }
                 let Some(earlier) = self.claims.get(other) else { continue };
-                if now.signed_duration_since(earlier.at).to_std().unwrap_or_default() > CLAIM_TTL
-                    || earlier.holder.as_deref().is_some_and(&gone)
+                if earlier.seen.elapsed() > self.claim_ttl || earlier.holder.as_deref().is_some_and(&gone)
                 {
                     continue;
                 }
@@ -130,13 +139,13 @@ impl Index {
     pub fn apply(&mut self, entry: Entry) {
         self.seq += 1;
         match entry {
-            Entry::Claim(Claim { id, institution, infno, keys, at, holder }) => {
+            Entry::Claim(Claim { id, institution, infno, keys, holder, .. }) => {
                 self.drop_expired_claims();
                 let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, k), *v)).collect();
                 for (key, _) in &keys {
                     self.claimed.entry(*key).or_default().push((self.seq, id.clone()));
                 }
-                self.claims.insert(id, ActiveClaim { seq: self.seq, at, holder, keys });
+                self.claims.insert(id, ActiveClaim { seq: self.seq, seen: Instant::now(), holder, keys });
             }
             Entry::Receipt(receipt) => {
                 for row in &receipt.rows {
@@ -146,6 +155,11 @@ impl Index {
                 }
             }
             Entry::Release { claim } => self.release(&claim),
+            Entry::Renew { claim } => {
+                if let Some(active) = self.claims.get_mut(&claim) {
+                    active.seen = Instant::now();
+                }
+            }
         }
     }
 
@@ -178,11 +192,10 @@ impl Index {
     }
 
     fn drop_expired_claims(&mut self) {
-        let now = Utc::now();
         let expired: Vec<String> = self
             .claims
             .iter()
-            .filter(|(_, c)| now.signed_duration_since(c.at).to_std().unwrap_or_default() > CLAIM_TTL)
+            .filter(|(_, c)| c.seen.elapsed() > self.claim_ttl)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
@@ -195,6 +208,7 @@ impl Index {
 mod tests {
     use super::*;
     use crate::ledger::{Receipt, ReceiptRow};
+    use chrono::Utc;
     use rust_decimal::Decimal;
 
     fn claim(id: &str, keys: &[(&str, Option<u64>)]) -> Entry {
@@ -267,6 +281,20 @@ mod tests {
         assert!(index.turns("g", 1, no_one_gone).is_err());
         index.apply(Entry::Release { claim: "f".into() });
         assert_eq!(index.turns("g", 1, no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
+    }
+
+    #[test]
+    fn a_claim_renewed_in_time_stays_in_force_and_one_left_alone_expires() {
+        let mut index = Index::new(10).with_claim_ttl(Duration::from_millis(60));
+        index.apply(claim("a", &[("k", Some(1))]));
+        index.apply(claim("b", &[("k", Some(2))]));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(30));
+            index.apply(Entry::Renew { claim: "a".into() });
+            assert!(index.turns("b", 1, no_one_gone).is_err(), "a renewed claim holds its keys");
+        }
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(index.turns("b", 1, no_one_gone), Ok(vec![Turn::Go]), "not renewed: abandoned");
     }
 
     #[test]

@@ -22,9 +22,14 @@
 //!   4. after the upload, the worker appends a `receipt` for the accepted rows *before*
 //!      acking them, then a `release` of the claim.
 //!
+//!   While an upload lasts (a bisection may take many calls), its claim is **renewed**
+//!   every third of the claim TTL; expiry is measured on each reader's own clock from
+//!   when it read the claim or its latest renewal, so the replicas' clocks do not matter.
+//!
 //!   So two versions of a key are never uploaded at the same time by two replicas, and the
 //!   later claim sees the earlier one's receipt. What remains possible: a holder stuck
-//!   mid-upload with its connection alive blocks its keys for [`CLAIM_TTL`]; an upload
+//!   (not uploading, not renewing) with its connection alive blocks its keys for the
+//!   claim TTL; an upload
 //!   whose answer was lost to a timeout may, in theory, be applied by the platform after
 //!   a later one (the platform
 //!   gives no way to know); events without `version` are ordered by claim order, i.e.
@@ -37,7 +42,8 @@
 //! Entries (`change` of a log entry):
 //! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder"}}`,
 //! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time"}]}}`,
-//! `{"release": {"claim"}}`.
+//! `{"release": {"claim"}}`, `{"renew": {"claim"}}` (releases before this one skip a renew
+//! entry as unreadable, with a warning: harmless during a rolling upgrade).
 
 pub mod index;
 pub mod report;
@@ -62,8 +68,10 @@ use crate::upload::{Row, Settled, Uploader};
 
 pub use index::Index;
 
-/// A claim not released within this long is treated as abandoned, even if its holder's
-/// connection is alive (or the claim names no holder).
+/// The default of `ledger.claim_ttl_secs`: a claim neither released nor renewed within
+/// this long is treated as abandoned, even if its holder's connection is alive (or the
+/// claim names no holder). Measured on each reader's own clock from when it read the
+/// claim or its latest renewal.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
 /// How long a batch waits on earlier claims before (and between) asking the broker whether
 /// their holders still exist; an upload normally ends well within it.
@@ -95,6 +103,9 @@ pub enum Entry {
     Receipt(Receipt),
     /// The claim's upload is over.
     Release { claim: String },
+    /// The claim's upload is still under way (a long bisection): its holder keeps it in
+    /// force. Written every third of the claim TTL while the upload lasts.
+    Renew { claim: String },
 }
 
 /// A batch's claim on its keys.
@@ -206,6 +217,8 @@ pub struct Ledger {
     /// How long appending a claim took of late: the time a batch spends in the ledger
     /// before its call, when no earlier claim is in its way.
     claim_round_trip: RoundTrip,
+    /// `ledger.claim_ttl_secs`: claims are renewed every third of it while they last.
+    claim_ttl: Duration,
 }
 
 impl Ledger {
@@ -213,11 +226,13 @@ impl Ledger {
     /// connection's holder queue.
     pub async fn open(connection: &Connection, prefix: &str, settings: &LedgerSettings) -> Result<Self, LogError> {
         let log_settings = log_settings(prefix, settings, settings.index_days);
-        let log = StreamLog::open(connection, &log_settings, Index::new(settings.max_index_keys)).await?;
+        let claim_ttl = Duration::from_secs(settings.claim_ttl_secs.max(1));
+        let index = Index::new(settings.max_index_keys).with_claim_ttl(claim_ttl);
+        let log = StreamLog::open(connection, &log_settings, index).await?;
         let probe = presence::probe_channel(connection).await?;
         let holder = holder_queue_name(prefix);
         presence::declare_exclusive(&probe, &holder).await.map_err(BrokerError::from)?;
-        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()), claim_round_trip: RoundTrip::default() })
+        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()), claim_round_trip: RoundTrip::default(), claim_ttl })
     }
 
     /// Cancelled once the ledger stream is no longer read (see [`StreamLog::lost`]).
@@ -235,7 +250,7 @@ impl Ledger {
             if !presence::queue_exists(&self.probe, holder).await? {
                 tracing::info!(%holder, "an earlier claim's holder is gone (its connection closed); its keys are free");
                 let mut gone = self.gone();
-                gone.retain(|_, since| since.elapsed() < CLAIM_TTL);
+                gone.retain(|_, since| since.elapsed() < self.claim_ttl);
                 gone.insert(holder.clone(), Instant::now());
             }
         }
@@ -300,7 +315,7 @@ impl Ledger {
         };
         let (go, superseded): (Vec<_>, Vec<_>) = rows.into_iter().zip(turns).partition(|(_, turn)| *turn == Turn::Go);
         let superseded = superseded.into_iter().map(|(row, _)| row).collect();
-        let sent = uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls).await;
+        let sent = self.renewing(&claim, uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls)).await;
         let mut settled = Vec::with_capacity(sent.len());
         for group in sent {
             let Settled::Accepted { rows, msgid, return_code } = group else {
@@ -325,6 +340,24 @@ impl Ledger {
             tracing::warn!(institution = %code, "could not release a ledger claim (it expires by itself): {error}");
         }
         Claimed { superseded, settled }
+    }
+
+    /// Runs `upload`, renewing `claim` every third of the claim TTL while it lasts, so that
+    /// no other replica takes a long upload (a bisection of many calls) for abandoned.
+    async fn renewing<R>(&self, claim: &str, upload: impl Future<Output = R>) -> R {
+        let every = self.claim_ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(upload);
+        loop {
+            tokio::select! {
+                done = &mut upload => return done,
+                _ = renew.tick() => {
+                    if let Err(error) = self.log.append_confirmed(Entry::Renew { claim: claim.to_owned() }).await {
+                        tracing::warn!("could not renew a ledger claim (another replica may take its keys once it expires): {error}");
+                    }
+                }
+            }
+        }
     }
 
     /// How long appending a claim has taken of late (a moving average; zero before the
