@@ -200,12 +200,22 @@ pub struct BatchSettings {
     pub linger_ms: u64,
     /// Upload calls in flight at once per institution.
     pub max_in_flight_per_institution: usize,
+    /// Longest time one batch may spend uploading, its bisection of a refused call included
+    /// (up to 199 calls for 100 rows); past it, the rows not yet settled are retried later.
+    /// Keep it below the broker's consumer timeout (30 minutes by default), after which the
+    /// broker takes the deliveries back and the bisection would start over.
+    #[serde(default = "default_max_upload_secs")]
+    pub max_upload_secs: u64,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        BatchSettings { max_records: 100, linger_ms: 2000, max_in_flight_per_institution: 4 }
+        BatchSettings { max_records: 100, linger_ms: 2000, max_in_flight_per_institution: 4, max_upload_secs: default_max_upload_secs() }
     }
+}
+
+fn default_max_upload_secs() -> u64 {
+    1200
 }
 
 /// `[retry]`: exponential backoff with jitter for transient failures.
@@ -507,6 +517,9 @@ impl Config {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(1..=100).contains(&self.batch.max_records) {
             return fail(format!("batch.max_records is {}; it must be 1 to 100 (the platform's limit)", self.batch.max_records));
+        }
+        if self.batch.max_upload_secs == 0 || self.batch.max_upload_secs > 86_400 {
+            return fail("batch: max_upload_secs must be 1 to 86400".into());
         }
         if self.ledger.claim_ttl_secs == 0 || self.ledger.claim_ttl_secs > 86_400 {
             return fail("ledger: claim_ttl_secs must be 1 to 86400".into());

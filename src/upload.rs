@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -45,6 +46,8 @@ pub struct Uploader {
     client: PlatformClient,
     tokens: Tokens,
     cap: Option<InFlightCap>,
+    /// Longest time one batch may take, bisection included (`batch.max_upload_secs`).
+    time_limit: Option<Duration>,
 }
 
 /// A cap on the platform calls in flight per institution, shared by every clone of an
@@ -67,7 +70,13 @@ impl Uploader {
     /// An uploader sending with `client` and tokens from `tokens`, without a cap on calls
     /// in flight.
     pub fn new(client: PlatformClient, tokens: Tokens) -> Self {
-        Uploader { client, tokens, cap: None }
+        Uploader { client, tokens, cap: None, time_limit: None }
+    }
+
+    /// The same, giving up on a batch after `limit`: the rows not settled by then come back
+    /// unsettled (transient), to be retried later.
+    pub fn with_time_limit(self, limit: Duration) -> Self {
+        Uploader { time_limit: Some(limit), ..self }
     }
 
     /// The same, with at most `per_institution` calls in flight per institution over all
@@ -82,11 +91,19 @@ impl Uploader {
     /// in `calls`.
     pub async fn upload<T>(&self, institution: &Institution, rows: Vec<Row<T>>, calls: &mut u64) -> Vec<Settled<T>> {
         let mut settled = Vec::new();
+        let started = Instant::now();
         // Depth-first, first half first, so rows reach the platform in their order.
         let mut work = vec![rows];
         while let Some(batch) = work.pop() {
             if batch.is_empty() {
                 continue;
+            }
+            if let Some(limit) = self.time_limit.filter(|limit| started.elapsed() > *limit) {
+                let mut rows = batch;
+                rows.extend(work.drain(..).rev().flatten());
+                let message = format!("the upload took longer than {} s (batch.max_upload_secs); {} row(s) not settled yet are retried later", limit.as_secs(), rows.len());
+                settled.push(Settled::Unsettled { rows, outcome: Outcome::Transient { code: None, message } });
+                break;
             }
             let Call { msgid, outcome } = self.attempt(institution, &batch, calls).await;
             match outcome {

@@ -532,3 +532,39 @@ async fn a_claim_outlasting_its_ttl_while_its_holder_works_keeps_its_keys() {
     assert!(b.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// A bisection that would outlast the broker's consumer timeout (here a policy of 8 s on
+/// the work queue, where the broker allows one: RabbitMQ 3.12 and later; 30 minutes by
+/// default): the broker took the deliveries back, closed the channel, and the bisection
+/// started over, for ever. `batch.max_upload_secs` cuts the upload short before that: the
+/// rows not settled yet are parked and retried, and every row ends at the platform or as a
+/// dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
+    let World { sim, vhost, amqp } = World::with_institutions("long-bisection", 1).await;
+    let code = sim.institution(0).code.clone();
+    let policy = r#"{"consumer-timeout": 8000}"#;
+    if let Err(error) = common::broker::try_rabbitmqctl(&["set_policy", "-p", vhost.name(), "short-consumer-timeout", "^els\\.events$", policy]) {
+        eprintln!("this broker has no consumer-timeout policy (before 3.12); the upload limit is tested alone: {error}");
+    }
+    sim.set_latency(1_500, 1_500).await;
+    sim.refuse_keys(&["BISECT-5"], 13).await;
+    let config = worker_config(&sim, &vhost, 500);
+    let text = std::fs::read_to_string(&config).unwrap().replace("linger_ms = 500\n", "linger_ms = 500\nmax_upload_secs = 4\n");
+    std::fs::write(&config, text).unwrap();
+    let events: Vec<serde_json::Value> =
+        (0..8).map(|i| event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, &format!("BISECT-{i}"), "1"))).collect();
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "long-bisection");
+
+    let letters = dead_letters(&amqp, 1, Duration::from_secs(90)).await;
+    assert_eq!(letters[0].body["data"]["hosp_purc_mgt_detl"], "BISECT-5");
+    eventually("the 7 other rows are stored", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.records.len() == 7).then_some(())
+    })
+    .await;
+    vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
+    assert!(worker.logs().contains("batch.max_upload_secs"), "the upload was cut short at least once");
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}

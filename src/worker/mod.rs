@@ -216,7 +216,9 @@ async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection
     });
     let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let pipeline = Pipeline {
-        uploader: Uploader::new(client, tokens).with_cap(config.batch.max_in_flight_per_institution),
+        uploader: Uploader::new(client, tokens)
+            .with_cap(config.batch.max_in_flight_per_institution)
+            .with_time_limit(Duration::from_secs(config.batch.max_upload_secs)),
         settler,
         holds: holds.clone(),
         ledger: Arc::new(ledger),
