@@ -568,3 +568,43 @@ async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// `send` with `[amqp]` loses its broker connection in the middle of a back-fill (the
+/// broker closed it): it connects again, takes a msgid slot and the fleet's token on the
+/// new connection, and uploads every row, instead of failing every later call until its
+/// retry budget runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_connects_again_when_its_broker_connection_is_lost() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let vhost = common::broker::unique_vhost("send-reconnect");
+    sim.set_latency(300, 300).await;
+    let config = worker_config(&sim, &vhost, 100);
+    let file = config.with_file_name("backfill.jsonl");
+    let rows: Vec<_> = (0..1000).map(|i| row(Infno::Els7004, &format!("FILL-{i:04}"), "1")).collect();
+    std::fs::write(&file, common::records::jsonl(&rows)).unwrap();
+    let send = std::process::Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["send", "--infno", "ELS7004", "--max-retry-secs", "20", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("send has uploaded some rows", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.total >= 200).then_some(())
+    })
+    .await;
+    let connections = common::broker::rabbitmqctl(&["list_connections", "vhost", "pid"]);
+    let mine: Vec<&str> = connections.lines().filter_map(|l| l.split_once('\t')).filter(|(v, _)| *v == vhost.name()).map(|(_, pid)| pid.trim()).collect();
+    assert!(!mine.is_empty(), "send's connection is listed: {connections}");
+    for pid in mine {
+        common::broker::rabbitmqctl(&["close_connection", pid, "a test closes it"]);
+    }
+
+    let output = tokio::task::spawn_blocking(move || send.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, 1000, "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("connecting again"), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -134,9 +134,11 @@ impl Rejects {
 
 /// One `send` run: the uploader and what has happened so far.
 struct Sender<'c> {
+    config: &'c Config,
     institution: &'c Institution,
     uploader: Uploader,
-    ledger: Option<&'c Ledger>,
+    /// Tokens, msgid slot and ledger; opened again when a broker connection is lost.
+    shared: SharedState,
     backoff: Backoff,
     batch_size: usize,
     cancel: CancellationToken,
@@ -157,8 +159,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     }
 
     let shared = SharedState::open(&config).await?;
-    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(shared.slot)))?;
-    let tokens = Tokens::new(Arc::clone(&shared.store), client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
+    let uploader = uploader_for(&config, &shared)?;
     let mut backoff = Backoff::new(&config.retry);
     if let Some(secs) = args.max_retry_secs {
         backoff.max_elapsed = Duration::from_secs(secs);
@@ -173,9 +174,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     });
 
     let mut sender = Sender {
+        config: &config,
         institution,
-        uploader: Uploader::new(client, tokens),
-        ledger: shared.ledger.as_ref(),
+        uploader,
+        shared,
         backoff,
         batch_size: config.batch.max_records,
         cancel,
@@ -197,9 +199,16 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     progress.finish_and_clear();
     sender.print_summary(args.infno, &written)?;
     let failed = sender.tally.failed();
-    drop(sender);
-    shared.close().await;
+    sender.shared.close().await;
     Ok(if failed == 0 { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// The uploader of a run: the platform client numbering in the run's msgid slot, with its
+/// shared tokens.
+fn uploader_for(config: &Config, shared: &SharedState) -> anyhow::Result<Uploader> {
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(shared.slot)))?;
+    let tokens = Tokens::new(Arc::clone(&shared.store), client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
+    Ok(Uploader::new(client, tokens))
 }
 
 /// Where this run shares tokens and its msgid slot with other processes: the fleet's broker
@@ -211,6 +220,8 @@ struct SharedState {
     ledger: Option<Ledger>,
     /// Holds the slot: the local lock file, or the broker connection.
     holder: SlotHolder,
+    /// With a broker: cancelled when the token or ledger stream is no longer read.
+    streams_lost: CancellationToken,
 }
 
 enum SlotHolder {
@@ -226,7 +237,17 @@ impl SharedState {
                 let store = broker::token_store::start(&connection, &amqp.name_prefix).await?;
                 let slot = broker::msgid_slot::claim_msgid_slot(&connection, &amqp.name_prefix).await?;
                 let ledger = Ledger::open(&connection, &amqp.name_prefix, &config.ledger).await?;
-                Ok(SharedState { store, slot, ledger: Some(ledger), holder: SlotHolder::Broker(Box::new(connection)) })
+                let streams_lost = CancellationToken::new();
+                let (tokens_lost, ledger_lost, either) = (store.lost(), ledger.lost(), streams_lost.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokens_lost.cancelled() => {}
+                        () = ledger_lost.cancelled() => {}
+                    }
+                    either.cancel();
+                });
+                let holder = SlotHolder::Broker(Box::new(connection));
+                Ok(SharedState { store, slot, ledger: Some(ledger), holder, streams_lost })
             }
             None => {
                 let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
@@ -234,8 +255,16 @@ impl SharedState {
                 let slot = MsgIdSlot::claim_local(&state_dir)
                     .with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
                 let store = Arc::new(FileTokenStore::new(token_file, &config.platform.url));
-                Ok(SharedState { store, slot: slot.slot, ledger: None, holder: SlotHolder::Local(slot) })
+                Ok(SharedState { store, slot: slot.slot, ledger: None, holder: SlotHolder::Local(slot), streams_lost: CancellationToken::new() })
             }
+        }
+    }
+
+    /// Whether the broker connection, or a stream on it, was lost (never without a broker).
+    fn lost(&self) -> bool {
+        match &self.holder {
+            SlotHolder::Local(_) => false,
+            SlotHolder::Broker(connection) => !connection.status().connected() || self.streams_lost.is_cancelled(),
         }
     }
 
@@ -319,13 +348,16 @@ impl Sender<'_> {
                 return self.give_up(pending, &reason, rejects);
             }
             let rows = std::mem::take(&mut pending);
-            let settled = match self.ledger {
-                Some(ledger) => {
-                    let claimed = ledger.upload(&self.uploader, self.institution, infno, rows, &mut self.tally.calls).await;
-                    self.tally.superseded += claimed.superseded.len() as u64;
-                    claimed.settled
-                }
-                None => self.uploader.upload(self.institution, rows, &mut self.tally.calls).await,
+            let settled = match self.reconnect_if_lost().await {
+                Err(message) => vec![Settled::Unsettled { rows, outcome: Outcome::Transient { code: None, message } }],
+                Ok(()) => match &self.shared.ledger {
+                    Some(ledger) => {
+                        let claimed = ledger.upload(&self.uploader, self.institution, infno, rows, &mut self.tally.calls).await;
+                        self.tally.superseded += claimed.superseded.len() as u64;
+                        claimed.settled
+                    }
+                    None => self.uploader.upload(self.institution, rows, &mut self.tally.calls).await,
+                },
             };
             for group in settled {
                 match group {
@@ -360,6 +392,21 @@ impl Sender<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// With a broker: connects again when the connection (or a stream on it) was lost, and
+    /// takes a msgid slot and tokens on the new connection. An error says why the broker
+    /// cannot be used yet (the caller retries with backoff).
+    async fn reconnect_if_lost(&mut self) -> Result<(), String> {
+        if !self.shared.lost() {
+            return Ok(());
+        }
+        tracing::warn!("the broker connection was lost; connecting again");
+        let shared = SharedState::open(self.config).await.map_err(|e| format!("the broker of [amqp] cannot be used: {e:#}"))?;
+        let uploader = uploader_for(self.config, &shared).map_err(|e| format!("{e:#}"))?;
+        std::mem::replace(&mut self.shared, shared).close().await;
+        self.uploader = uploader;
         Ok(())
     }
 
