@@ -350,6 +350,21 @@ fn lock<F>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
     inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A token cancelled as soon as one of `lost` is: the logs a process cannot work without
+/// (tokens and ledger), watched as one.
+pub fn any_lost(lost: Vec<CancellationToken>) -> CancellationToken {
+    let any = CancellationToken::new();
+    let cancel = any.clone();
+    tokio::spawn(async move {
+        let waits: Vec<_> = lost.iter().map(|token| Box::pin(token.cancelled())).collect();
+        if !waits.is_empty() {
+            futures_util::future::select_all(waits).await;
+        }
+        cancel.cancel();
+    });
+    any
+}
+
 /// 128 random bits in hex.
 pub fn nonce() -> String {
     format!("{:032x}", rand::random::<u128>())

@@ -237,15 +237,7 @@ impl SharedState {
                 let store = broker::token_store::start(&connection, &amqp.name_prefix).await?;
                 let slot = broker::msgid_slot::claim_msgid_slot(&connection, &amqp.name_prefix).await?;
                 let ledger = Ledger::open(&connection, &amqp.name_prefix, &config.ledger).await?;
-                let streams_lost = CancellationToken::new();
-                let (tokens_lost, ledger_lost, either) = (store.lost(), ledger.lost(), streams_lost.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = tokens_lost.cancelled() => {}
-                        () = ledger_lost.cancelled() => {}
-                    }
-                    either.cancel();
-                });
+                let streams_lost = broker::log::any_lost(vec![store.lost(), ledger.lost()]);
                 let holder = SlotHolder::Broker(Box::new(connection));
                 Ok(SharedState { store, slot, ledger: Some(ledger), holder, streams_lost })
             }

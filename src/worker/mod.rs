@@ -204,16 +204,7 @@ async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
     let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
-    let streams_lost = CancellationToken::new();
-    let (tokens_lost, ledger_lost, either) = (store.lost(), ledger.lost(), streams_lost.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tokens_lost.cancelled() => {}
-            () = ledger_lost.cancelled() => {}
-            () = either.cancelled() => {}
-        }
-        either.cancel();
-    });
+    let streams_lost = broker::log::any_lost(vec![store.lost(), ledger.lost()]);
     let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let pipeline = Pipeline {
         uploader: Uploader::new(client, tokens)
