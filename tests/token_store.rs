@@ -342,33 +342,39 @@ async fn msgid_slots_are_distinct_and_freed_with_their_connection() {
     c5.create_channel().await.expect("the connection survives the search");
 }
 
+/// Tokens live this long at the simulator of the refresh tests ...
+const VALIDITY_SECS: u64 = 8;
+/// ... and the replicas refresh them this long before expiry.
+const LEAD: Duration = Duration::from_secs(4);
+
+/// A simulator for one institution issuing tokens of [`VALIDITY_SECS`], refusing a new one
+/// (9) while the current one has more than 5 s left.
+fn short_token_simulator() -> TestSimulator {
+    TestSimulator::builder().institutions(1).arg("--token-validity-secs", VALIDITY_SECS).arg("--token-refresh-window-secs", 5).start()
+}
+
+/// A replica: its own connection, msgid slot, platform client and store.
+async fn replica(vhost: &TestVhost, simulator: &TestSimulator) -> (Connection, Tokens) {
+    let connection = connect(vhost.url()).await;
+    let slot = claim_msgid_slot(&connection, PREFIX).await.unwrap();
+    let client = PlatformClient::new(&simulator.config().platform, Arc::new(MsgIds::new(slot))).unwrap();
+    let tokens = Tokens::new(start(&connection).await, client, LEAD);
+    (connection, tokens)
+}
+
 /// Three replicas, each with its own connection, store, msgid slot and platform client,
 /// ask for the token concurrently: the simulator issues exactly one, and in the refresh
 /// window exactly one more; a replica started later uses the current one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_token_issued_once_and_refreshed_once() {
-    const VALIDITY_SECS: u64 = 8;
-    const LEAD: Duration = Duration::from_secs(4);
     let vhost = unique_vhost("token-store-e2e");
-    let simulator = TestSimulator::builder()
-        .institutions(1)
-        .arg("--token-validity-secs", VALIDITY_SECS)
-        .arg("--token-refresh-window-secs", 5)
-        .start();
+    let simulator = short_token_simulator();
     let institution = simulator.config().institutions[0].clone();
 
-    // A replica: its own connection, msgid slot, platform client and store.
-    let replica = async || {
-        let connection = connect(vhost.url()).await;
-        let slot = claim_msgid_slot(&connection, PREFIX).await.unwrap();
-        let client = PlatformClient::new(&simulator.config().platform, Arc::new(MsgIds::new(slot))).unwrap();
-        let tokens = Tokens::new(start(&connection).await, client, LEAD);
-        (connection, tokens)
-    };
     let mut connections = Vec::new();
     let mut tokens = Vec::new();
     for _ in 0..3 {
-        let (connection, replica) = replica().await;
+        let (connection, replica) = replica(&vhost, &simulator).await;
         connections.push(connection);
         tokens.push(replica);
     }
@@ -407,7 +413,7 @@ async fn three_replicas_share_one_token_issued_once_and_refreshed_once() {
     assert_eq!(counters.by_return_code.get(&9), None, "no replica was refused a token: {counters:?}");
 
     // A replica started now uses the current token without asking the platform.
-    let (_late_connection, late) = replica().await;
+    let (_late_connection, late) = replica(&vhost, &simulator).await;
     assert_eq!(late.get(&institution).await.unwrap(), second[0]);
     assert_eq!(simulator.tokens().await.institutions[0].issued, 2);
 }
@@ -419,14 +425,8 @@ async fn three_replicas_share_one_token_issued_once_and_refreshed_once() {
 /// non-exclusive queues, where such a queue can exist: scripts/test.sh runs it on 3.10.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_fleet_keeps_tokens_flowing_beside_the_old_lock_queues() {
-    const VALIDITY_SECS: u64 = 8;
-    const LEAD: Duration = Duration::from_secs(4);
     let vhost = unique_vhost("token-store-upgrade");
-    let simulator = TestSimulator::builder()
-        .institutions(1)
-        .arg("--token-validity-secs", VALIDITY_SECS)
-        .arg("--token-refresh-window-secs", 5)
-        .start();
+    let simulator = short_token_simulator();
     let institution = simulator.config().institutions[0].clone();
     let old_queue = format!("{PREFIX}.token.{}.lock", institution.fixmedins_code);
 
@@ -450,14 +450,7 @@ async fn an_upgraded_fleet_keeps_tokens_flowing_beside_the_old_lock_queues() {
     let _baton = tokio::time::timeout(Duration::from_secs(10), holder.next()).await.expect("the old replica's baton").unwrap();
 
     // Two upgraded replicas.
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let connection = connect(vhost.url()).await;
-        let slot = claim_msgid_slot(&connection, PREFIX).await.unwrap();
-        let client = PlatformClient::new(&simulator.config().platform, Arc::new(MsgIds::new(slot))).unwrap();
-        let tokens = Tokens::new(start(&connection).await, client, LEAD);
-        replicas.push((connection, tokens));
-    }
+    let replicas = [replica(&vhost, &simulator).await, replica(&vhost, &simulator).await];
     let first = replicas[0].1.get(&institution).await.expect("a token on the upgraded fleet");
     assert_eq!(replicas[1].1.get(&institution).await.unwrap(), first);
     wait_until("the token is inside the refresh window", Duration::from_secs(VALIDITY_SECS), || async {
