@@ -54,7 +54,8 @@ enum DlqCommand {
     /// Move dead letters back to the events exchange (default: rejected and exhausted ones).
     #[command(after_help = "Each copy is confirmed by the broker before its dead letter is removed; interrupted at any \
 moment, a message is at worst both replayed and still in the dead-letter queue. Copies lose x-els-reason, x-els-error, \
-x-els-return-code, x-els-attempts, x-els-first-failed-at, x-els-last-failed-at, x-death and x-delivery-count (a fresh \
+x-els-return-code, x-els-attempts, x-els-first-failed-at, x-els-last-failed-at, x-els-parked-until, x-death, x-delivery-count \
+and x-acquired-count (a fresh \
 retry budget) and get x-els-replayed (count) and x-els-replayed-at.\n\
 Exit status: 0 when every selected dead letter was moved (or, with --dry-run, listed), 1 otherwise, 2 on usage errors.")]
     Replay(ReplayArgs),
