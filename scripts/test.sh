@@ -58,7 +58,9 @@ fi
 
 # --- brokers -----------------------------------------------------------------------------
 declare -A broker_secs
-for version in 4.3 3.10; do
+# 3.10 first: it brings the host's Erlang, whose epmd the 4.3 node then shares (otherwise
+# the chroot would start one of its own).
+for version in 3.10 4.3; do
     step "RabbitMQ $version (scripts/rabbitmq.sh start --version $version)"
     t=$SECONDS
     bash scripts/rabbitmq.sh start --version "$version" || fail "scripts/rabbitmq.sh start --version $version"
