@@ -96,6 +96,11 @@ const QUIET: Duration = Duration::from_millis(300);
 /// How long to wait after the last removal before closing the channels.
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// How long opening a scan waits for other consumers of the queue to go away.
+pub const OTHERS_SETTLE: Duration = Duration::from_secs(5);
+/// How often it looks again meanwhile.
+const OTHERS_POLL: Duration = Duration::from_millis(100);
+
 /// Reads a queue from head to tail without disturbing what it does not remove.
 pub struct Reader<'c> {
     connection: &'c Connection,
@@ -108,13 +113,23 @@ pub struct Reader<'c> {
 
 impl<'c> Reader<'c> {
     /// Prepares a scan of `queue`: checks that it exists and counts its ready messages.
+    /// Consumers found on it are waited for, up to [`OTHERS_SETTLE`]: a `dlq` command that
+    /// has just ended still holds its messages until the broker has processed its closed
+    /// connection, and a scan started then would not see them.
     pub async fn open(connection: &'c Connection, queue: &str) -> Result<Reader<'c>, DlqError> {
         let probe = connection.create_channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let declared = match probe.queue_declare(queue.into(), passive, FieldTable::default()).await {
-            Ok(declared) => declared,
-            Err(error) if is_not_found(&error) => return Err(DlqError::NoQueue { queue: queue.to_owned() }),
-            Err(error) => return Err(error.into()),
+        let settle_until = std::time::Instant::now() + OTHERS_SETTLE;
+        let declared = loop {
+            let declared = match probe.queue_declare(queue.into(), passive, FieldTable::default()).await {
+                Ok(declared) => declared,
+                Err(error) if is_not_found(&error) => return Err(DlqError::NoQueue { queue: queue.to_owned() }),
+                Err(error) => return Err(error.into()),
+            };
+            if declared.consumer_count() == 0 || std::time::Instant::now() >= settle_until {
+                break declared;
+            }
+            tokio::time::sleep(OTHERS_POLL).await;
         };
         if probe.status().connected() {
             probe.close(200, "counted".into()).await?;
