@@ -518,11 +518,10 @@ impl Config {
         if !(1..=100).contains(&self.batch.max_records) {
             return fail(format!("batch.max_records is {}; it must be 1 to 100 (the platform's limit)", self.batch.max_records));
         }
-        if self.batch.max_upload_secs == 0 || self.batch.max_upload_secs > 86_400 {
-            return fail("batch: max_upload_secs must be 1 to 86400".into());
-        }
-        if self.ledger.claim_ttl_secs == 0 || self.ledger.claim_ttl_secs > 86_400 {
-            return fail("ledger: claim_ttl_secs must be 1 to 86400".into());
+        for (key, value, min, max) in self.durations() {
+            if !(min..=max).contains(&value) {
+                return fail(format!("{key} is {value}; it must be {min} to {max}"));
+            }
         }
         if self.ledger.retention_days == 0 || self.ledger.index_days == 0 || self.ledger.index_days > self.ledger.retention_days {
             return fail("ledger: retention_days and index_days must be at least 1, index_days at most retention_days".into());
@@ -549,6 +548,28 @@ impl Config {
             seen.push(code);
         }
         Ok(())
+    }
+
+    /// The settings that become durations, each with the range it may take: a value beyond
+    /// would overflow a clock (e.g. a drain deadline of 2⁶⁴ − 1 s panicked at SIGTERM).
+    fn durations(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        let day = 86_400;
+        let mut ranges = vec![
+            ("worker.drain_deadline_secs", self.worker.drain_deadline_secs, 0, day),
+            ("batch.linger_ms", self.batch.linger_ms, 0, 3_600_000),
+            ("batch.max_upload_secs", self.batch.max_upload_secs, 1, day),
+            ("retry.max_backoff_ms", self.retry.max_backoff_ms, 1, day * 1000),
+            ("retry.max_elapsed_secs", self.retry.max_elapsed_secs, 0, 366 * day),
+            ("platform.timeout_ms", self.platform.timeout_ms, 1, 600_000),
+            ("platform.connect_timeout_ms", self.platform.connect_timeout_ms, 1, 600_000),
+            ("platform.token_refresh_lead_secs", self.platform.token_refresh_lead_secs, 0, day),
+            ("ledger.claim_ttl_secs", self.ledger.claim_ttl_secs, 1, day),
+        ];
+        if let Some(amqp) = &self.amqp {
+            ranges.push(("amqp.connect_timeout_secs", amqp.connect_timeout_secs, 1, 3600));
+            ranges.push(("amqp.heartbeat_secs", u64::from(amqp.heartbeat_secs), 1, 600));
+        }
+        ranges
     }
 
     /// The institution with this code.
@@ -614,6 +635,19 @@ mod tests {
         assert_eq!(c.platform.token_refresh_lead_secs, 240);
         assert!(c.amqp.is_none());
         assert_eq!(c.institutions[0].dev_no, "");
+    }
+
+    #[test]
+    fn settings_that_become_durations_are_range_checked() {
+        let huge = u64::MAX.to_string();
+        for key in ["WORKER__DRAIN_DEADLINE_SECS", "BATCH__LINGER_MS", "RETRY__MAX_ELAPSED_SECS", "PLATFORM__TIMEOUT_MS", "AMQP__CONNECT_TIMEOUT_SECS"] {
+            let error = Config::from_toml(TOML, env(&[(&format!("ELS_BRIDGE__{key}"), &huge)])).err().unwrap_or_else(|| panic!("{key} accepted"));
+            let name = key.to_lowercase().replacen("__", ".", 1);
+            assert!(error.to_string().contains(&format!("{name} is {huge}; it must be")), "{key}: {error}");
+        }
+        let error = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__HEARTBEAT_SECS", "0")])).expect_err("no heartbeat");
+        assert!(error.to_string().contains("amqp.heartbeat_secs is 0; it must be 1 to 600"), "{error}");
+        assert!(Config::from_toml(TOML, env(&[("ELS_BRIDGE__WORKER__DRAIN_DEADLINE_SECS", "86400")])).is_ok());
     }
 
     #[test]
