@@ -52,14 +52,16 @@ impl Publisher {
 /// overhead and the other properties (short strings of at most 255 bytes each).
 const PROPERTIES_ROOM: usize = 4096;
 
-/// The encoded size of one header (name, type and value), as it travels in a frame.
+/// The encoded size of a header table, as it travels in a frame.
+fn encoded_len(table: &FieldTable) -> usize {
+    cookie_factory::gen_simple(gen_field_table(table), Vec::new()).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// The encoded size of one header (name, type and value).
 fn encoded_size(name: &ShortString, value: &AMQPValue) -> usize {
     let mut single = FieldTable::default();
     single.insert(name.clone(), value.clone());
-    match cookie_factory::gen_simple(gen_field_table(&single), Vec::new()) {
-        Ok(bytes) => bytes.len().saturating_sub(4), // without the table's length
-        Err(_) => usize::MAX,
-    }
+    encoded_len(&single).saturating_sub(4) // without the table's length
 }
 
 /// `headers` cut down to fit in a frame of `frame_max` bytes with the other properties:
@@ -68,11 +70,11 @@ fn encoded_size(name: &ShortString, value: &AMQPValue) -> usize {
 /// the broker close the connection (FRAME_ERROR) and the message would come back for ever.
 pub fn fit_headers(headers: FieldTable, frame_max: usize) -> FieldTable {
     let budget = frame_max.saturating_sub(PROPERTIES_ROOM);
-    let sizes: Vec<(ShortString, usize)> = headers.inner().iter().map(|(k, v)| (k.clone(), encoded_size(k, v))).collect();
-    let mut total: usize = sizes.iter().map(|(_, size)| *size).fold(0, usize::saturating_add);
+    let mut total = encoded_len(&headers);
     if total <= budget {
         return headers;
     }
+    let sizes: Vec<(ShortString, usize)> = headers.inner().iter().map(|(k, v)| (k.clone(), encoded_size(k, v))).collect();
     let mut droppable: Vec<&(ShortString, usize)> = sizes.iter().filter(|(k, _)| !k.as_str().starts_with("x-els-")).collect();
     droppable.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     let mut cut = Vec::new();
