@@ -20,10 +20,11 @@
 //! RabbitMQ 3.10 a consumer attaching to a quorum queue that another connection has just
 //! declared can find its Raft member not started yet, and the broker then closes the whole
 //! connection with INTERNAL_ERROR (seen with three replicas asking for their first token at
-//! once); a lock queue is declared on demand, exactly when that race is likely. Releases before it used a non-durable
-//! classic queue `<prefix>.token.<code>.lock`; the new name lets an upgraded fleet run on a
-//! broker that still holds those (redeclaring them as durable would be refused). They expire
-//! an hour after the last old replica is gone. While old and new replicas run side by side
+//! once); a lock queue is declared on demand, exactly when that race is likely.
+//!
+//! Releases before it used a non-durable classic queue `<prefix>.token.<code>.lock`; the
+//! new name lets an upgraded fleet run on a broker that still holds those (redeclaring them
+//! as durable would be refused). They expire an hour after the last old replica is gone. While old and new replicas run side by side
 //! during a rolling upgrade, each kind holds its own lock, so one refresh of each kind may
 //! overlap: the platform issues one token and answers the other with 9, which
 //! [`Tokens`](crate::platform::Tokens) treats as "held elsewhere" (no burst of calls).
