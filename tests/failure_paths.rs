@@ -20,6 +20,20 @@ fn routing_key(infno: Infno, code: &str) -> String {
     format!("{infno}.{code}")
 }
 
+/// Waits until the simulator holds exactly `count` records; panics naming `what` after `timeout`.
+async fn wait_for_stored(sim: &TestSimulator, count: usize, what: &str, timeout: Duration) {
+    eventually(what, timeout, async || (sim.records(&RecordFilter::default()).await.records.len() == count).then_some(())).await;
+}
+
+/// Waits until `count` replicas consume the work queue (as `rabbitmqctl list_consumers` shows).
+async fn wait_for_consumers(vhost: &common::broker::TestVhost, count: usize) {
+    eventually(&format!("{count} replicas consume"), Duration::from_secs(30), async || {
+        let consumers = common::broker::rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name"]);
+        (consumers.lines().filter(|l| l.trim() == "els.events").count() == count).then_some(())
+    })
+    .await;
+}
+
 /// Takes dead letters until `count` have been read (or panics after `timeout`).
 async fn dead_letters(amqp: &Amqp, count: usize, timeout: Duration) -> Vec<Message> {
     let mut taken = Vec::new();
@@ -108,10 +122,7 @@ async fn a_dead_letter_the_broker_refuses_is_handed_back_not_held() {
     // Once a record is stored, the worker has declared its topology and consumes.
     let first = event(Infno::Els7003, &code, None, row(Infno::Els7003, "FIRST", "1")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7003, &code), first.as_bytes(), "first").await;
-    eventually("the first record is stored", Duration::from_secs(30), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 1, "the first record is stored", Duration::from_secs(30)).await;
 
     amqp.delete_queue("els.dead").await;
     amqp.publish_raw(&routing_key(Infno::Els7003, &code), b"{not json", "unparsable").await;
@@ -210,10 +221,7 @@ async fn a_changed_ledger_retention_does_not_stop_the_worker() {
     let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "retention-changed");
     let body = event(Infno::Els7004, &code, Some(1), row(Infno::Els7004, "RETENTION-1", "1")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7004, &code), body.as_bytes(), "retention-1").await;
-    eventually("the record is stored", Duration::from_secs(30), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 1, "the record is stored", Duration::from_secs(30)).await;
     assert!(worker.terminate(Duration::from_secs(30)).success());
     let logs = worker.logs();
     assert!(logs.contains("exists with another x-max-age"), "{logs}");
@@ -245,10 +253,7 @@ async fn the_21st_process_says_once_that_the_fleet_is_full_and_waits_for_a_slot(
     let _ = holder.close(200, "done".into()).await;
     let body = event(Infno::Els7005, &code, Some(1), row(Infno::Els7005, "SLOT-1", "1")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7005, &code), body.as_bytes(), "slot-1").await;
-    eventually("the record is stored", Duration::from_secs(30), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 1, "the record is stored", Duration::from_secs(30)).await;
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
@@ -278,10 +283,7 @@ async fn retry_headers_from_outside_do_not_steer_the_retry_budget() {
     publish_claiming_failure(&amqp, &code, "FORGED-1970", "1970-01-01T00:00:00.000Z").await;
     let config = worker_config(&sim, &vhost, 100);
     let mut worker = WorkerProcess::start(&config, "forged-1970");
-    eventually("the 1970 event is stored", Duration::from_secs(60), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 1, "the 1970 event is stored", Duration::from_secs(60)).await;
     assert!(amqp.take_all("els.dead").await.is_empty(), "dead-lettered at the first failure");
     assert!(worker.terminate(Duration::from_secs(30)).success());
 
@@ -315,10 +317,7 @@ async fn an_event_with_headers_that_fill_a_frame_is_dead_lettered_and_the_rest_f
     amqp.publish(&valid).await;
     let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "huge-headers");
 
-    eventually("the 20 events behind it are stored", Duration::from_secs(60), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 20).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 20, "the 20 events behind it are stored", Duration::from_secs(60)).await;
     let letters = dead_letters(&amqp, 1, Duration::from_secs(30)).await;
     let letter = &letters[0];
     assert_eq!(letter.headers.get("x-els-reason").map(String::as_str), Some("invalid"));
@@ -340,19 +339,13 @@ async fn a_lost_ledger_stream_ends_the_session_and_counts_no_attempt() {
     let mut worker = WorkerProcess::start(&worker_config(&sim, &vhost, 100), "ledger-lost");
     let first = event(Infno::Els7003, &code, Some(1), row(Infno::Els7003, "BEFORE", "1")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7003, &code), first.as_bytes(), "before").await;
-    eventually("the first record is stored", Duration::from_secs(30), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 1).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 1, "the first record is stored", Duration::from_secs(30)).await;
 
     amqp.delete_queue("els.ledger").await;
     let after: Vec<serde_json::Value> =
         (0..20).map(|i| event(Infno::Els7003, &code, Some(1), row(Infno::Els7003, &format!("AFTER-{i}"), "1"))).collect();
     amqp.publish(&after).await;
-    eventually("the 20 later records are stored", Duration::from_secs(60), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 21).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 21, "the 20 later records are stored", Duration::from_secs(60)).await;
     assert!(amqp.take_all("els.dead").await.is_empty());
     assert!(vhost.queue_counts("els.ledger").is_some(), "the ledger was declared again");
     let logs = worker.logs();
@@ -384,17 +377,11 @@ async fn a_silent_link_to_the_broker_is_noticed_and_nothing_is_lost() {
         (from..from + 60).map(|i| event(Infno::Els7007, &code, Some(1), row(Infno::Els7007, &format!("LINK-{i}"), "1"))).collect()
     };
     amqp.publish(&wave(0)).await;
-    eventually("the first wave is stored", Duration::from_secs(30), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 60).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 60, "the first wave is stored", Duration::from_secs(30)).await;
     let connections = relay.accepted();
     relay.freeze();
     amqp.publish(&wave(60)).await;
-    eventually("the second wave is stored after a reconnect", Duration::from_secs(50), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 120).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 120, "the second wave is stored after a reconnect", Duration::from_secs(50)).await;
     assert!(relay.accepted() > connections, "the worker connected again");
     assert!(amqp.take_all("els.dead").await.is_empty());
     assert!(worker.terminate(Duration::from_secs(30)).success());
@@ -423,10 +410,7 @@ async fn a_lost_token_answer_does_not_start_a_storm_of_token_calls() {
     std::fs::write(&config, text).unwrap();
     let mut worker = WorkerProcess::start(&config, "token-storm");
 
-    eventually("the records are stored once a new token can be had", Duration::from_secs(90), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 10).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 10, "the records are stored once a new token can be had", Duration::from_secs(90)).await;
     let token_calls = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls.len();
     // The lost one, a 9, another 9 or the new token after 30 s, maybe one more after 60 s.
     assert!(token_calls <= 5, "{token_calls} ELS7001 calls:\n{}", worker.logs());
@@ -450,11 +434,7 @@ async fn an_older_version_is_not_superseded_by_a_newer_one_that_is_then_refused(
     let mut a = WorkerProcess::start(&config, "replica-a");
     let mut b = WorkerProcess::start(&config, "replica-b");
     // Both consume (rabbitmqctl shows two consumers on the work queue).
-    eventually("both replicas consume", Duration::from_secs(30), async || {
-        let consumers = common::broker::rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name"]);
-        (consumers.lines().filter(|l| l.trim() == "els.events").count() == 2).then_some(())
-    })
-    .await;
+    wait_for_consumers(&vhost, 2).await;
 
     let v2 = event(Infno::Els7002, &code, Some(2), row(Infno::Els7002, "RACED", "2")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7002, &code), v2.as_bytes(), "v2").await;
@@ -514,11 +494,7 @@ async fn a_claim_outlasting_its_ttl_while_its_holder_works_keeps_its_keys() {
     })
     .await;
     let mut b = WorkerProcess::start(&config, "replica-b");
-    eventually("both replicas consume", Duration::from_secs(30), async || {
-        let consumers = common::broker::rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name"]);
-        (consumers.lines().filter(|l| l.trim() == "els.events").count() == 2).then_some(())
-    })
-    .await;
+    wait_for_consumers(&vhost, 2).await;
     let k2 = event(Infno::Els7002, &code, Some(2), row(Infno::Els7002, "K", "2")).to_string();
     amqp.publish_raw(&routing_key(Infno::Els7002, &code), k2.as_bytes(), "k2").await;
 
@@ -559,10 +535,7 @@ async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
 
     let letters = dead_letters(&amqp, 1, Duration::from_secs(90)).await;
     assert_eq!(letters[0].body["data"]["hosp_purc_mgt_detl"], "BISECT-5");
-    eventually("the 7 other rows are stored", Duration::from_secs(60), async || {
-        (sim.records(&RecordFilter::default()).await.records.len() == 7).then_some(())
-    })
-    .await;
+    wait_for_stored(&sim, 7, "the 7 other rows are stored", Duration::from_secs(60)).await;
     vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
     assert!(worker.logs().contains("batch.max_upload_secs"), "the upload was cut short at least once");
     assert!(worker.terminate(Duration::from_secs(30)).success());
