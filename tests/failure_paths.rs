@@ -581,3 +581,52 @@ async fn send_connects_again_when_its_broker_connection_is_lost() {
     assert_eq!(sim.records(&RecordFilter::default()).await.total, 1000, "{stdout}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("connecting again"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// Acks held back behind an older delivery are lost with the connection, and the broker
+/// delivers their messages again, although their records were accepted. Meanwhile the
+/// record was corrected (here by a back-fill with `send`; another replica does the same):
+/// the copy must not overwrite the correction. Unversioned events, so only the receipts'
+/// fingerprints of the messages can tell the copy from a new event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_copy_of_an_accepted_record_does_not_overwrite_its_correction() {
+    let World { sim, vhost, amqp } = World::with_institutions("redelivered-copy", 1).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 500);
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Calls of two rows; the ELS7003 event lingers a minute, holding back the acks after it.
+    let holding = config.with_file_name("holding.toml");
+    std::fs::write(&holding, text.replace("linger_ms = 500\n", "linger_ms = 60000\nmax_records = 2\n")).unwrap();
+    let waiting = event(Infno::Els7003, &code, None, row(Infno::Els7003, "WAITING", "1"));
+    let first = event(Infno::Els7002, &code, None, row(Infno::Els7002, "CORRECTED", "1"));
+    let filler = event(Infno::Els7002, &code, None, row(Infno::Els7002, "FILLER", "1"));
+    amqp.publish(&[waiting, first, filler]).await;
+    let mut holder = WorkerProcess::start(&holding, "holder");
+    wait_for_stored(&sim, 2, "the ELS7002 call is stored", Duration::from_secs(30)).await;
+
+    // The correction, uploaded with the fleet's ledger while the copy's ack is held back.
+    let file = config.with_file_name("correction.jsonl");
+    std::fs::write(&file, common::records::jsonl(&[row(Infno::Els7002, "CORRECTED", "5")])).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["send", "--infno", "ELS7002", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stored = |page: &els_bridge::simulator::api::RecordsPage| page.records.iter().find(|r| r.key == "CORRECTED").and_then(|r| r.row["stoin_cnt"].as_str().map(str::to_owned));
+    assert_eq!(stored(&sim.records(&RecordFilter::default()).await).as_deref(), Some("5"));
+    // The broker's counts of a quorum queue lag by a few seconds.
+    eventually("the accepted deliveries' acks are held back behind the lingering one", Duration::from_secs(20), async || {
+        (vhost.queue_counts("els.events") == Some(QueueCounts::new(0, 3))).then_some(())
+    })
+    .await;
+
+    holder.kill();
+    let mut worker = WorkerProcess::start(&config, "after");
+    wait_for_stored(&sim, 3, "the lingering record is stored", Duration::from_secs(30)).await;
+    vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
+    let page = sim.records(&RecordFilter::default()).await;
+    assert_eq!(stored(&page).as_deref(), Some("5"), "the copy overwrote the correction:\n{}", worker.logs());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}

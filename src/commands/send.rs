@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::config::{Config, Institution};
 use crate::input::{Format, Lines};
-use crate::ledger::{Ledger, Versioned};
+use crate::ledger::{Ledger, Provenance};
 use crate::broker;
 use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, TokenStore, Tokens};
 use crate::retry::Backoff;
@@ -85,7 +85,7 @@ struct Origin {
 }
 
 /// File rows carry no version: the later row of a key wins.
-impl Versioned for Origin {
+impl Provenance for Origin {
     fn version(&self) -> Option<u64> {
         None
     }

@@ -1,23 +1,25 @@
-//! The worker's index of the ledger: the newest uploaded version of each key, and the claims
-//! in force, in log order.
+//! The worker's index of the ledger: the newest uploaded version of each key, the
+//! fingerprint of the message accepted last, and the claims in force, in log order.
 //!
 //! **Memory.** A key is held as a 64-bit hash of (institution, infno, key) with its newest
-//! version: 25 to 60 bytes per key (hash map entry and eviction queue, which double their
-//! capacity as they grow; measured 57 MiB at 1 000 000 keys). Only keys of events with a
-//! `version` are indexed (others cannot be compared). Beyond `max_index_keys` the keys
-//! first uploaded longest ago are forgotten, oldest first: a stale replay of such a key is
-//! no longer refused (racing uploads are still serialised by claims). The default of
-//! 250 000 keys (at most ~15 MB) covers ~7 000 versioned keys a day over the default
-//! 35-day window; a fleet reporting more institutions per worker should raise it. Claims are few (one per batch in
-//! flight) and dropped when released or expired.
+//! version and the fingerprint of the message that carried it, plus the fingerprints of
+//! messages whose key was accepted again after them (few: most keys are never corrected).
+//! 40 to 80 bytes per key (hash map and eviction queue, which double their capacity as
+//! they grow; measured 18 MiB at the default 250 000 keys, 73 MiB at 1 000 000). Keys of rows with neither a version nor a fingerprint (back-filled with `send`)
+//! are not added, only noted on a key already held. Beyond `max_index_keys` keys, and as
+//! many overtaken fingerprints, those first seen longest ago are forgotten, oldest first:
+//! a stale replay of such a key, or a copy of such a message, is no longer refused
+//! (racing uploads are still serialised by claims). The default of 250 000 keys covers
+//! ~7 000 keys a day over the default 35-day window; a fleet reporting more institutions
+//! per worker should raise it. Claims are few (one per batch in flight) and dropped when
+//! released or expired.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-
-use super::{CLAIM_TTL, Claim, Entry, Turn};
+use super::{CLAIM_TTL, Claim, Entry, Fingerprint, ReceiptRow, Turn};
 use crate::spec::Infno;
 
 /// A claim in force.
@@ -38,11 +40,25 @@ pub struct Blocked {
     pub holders: Vec<String>,
 }
 
+/// What was accepted last for a key.
+#[derive(Debug, Clone, Copy)]
+struct Newest {
+    /// The highest version accepted, if any row of the key had one.
+    version: Option<u64>,
+    /// The message whose row was accepted last (none for a row not from a message).
+    fingerprint: Option<Fingerprint>,
+}
+
 /// The newest uploaded versions and the claims in force; see the module documentation.
 #[derive(Debug)]
 pub struct Index {
-    uploaded: HashMap<u64, u64>,
+    uploaded: HashMap<u64, Newest>,
     first_seen: VecDeque<u64>,
+    /// Fingerprints of messages whose row was accepted and then followed by another
+    /// accepted row of the same key (few: most keys are never corrected), oldest first in
+    /// `overtaken_order`.
+    overtaken: HashSet<Fingerprint>,
+    overtaken_order: VecDeque<Fingerprint>,
     max_keys: usize,
     claims: HashMap<String, ActiveClaim>,
     /// Per key, the claims in force on it: (sequence, claim id), in log order.
@@ -64,6 +80,8 @@ impl Index {
         Index {
             uploaded: HashMap::new(),
             first_seen: VecDeque::new(),
+            overtaken: HashSet::new(),
+            overtaken_order: VecDeque::new(),
             max_keys: max_keys.max(1),
             claims: HashMap::new(),
             claimed: HashMap::new(),
@@ -93,23 +111,34 @@ impl Index {
     }
 
     fn stale(&self, id: u64, version: Option<u64>) -> bool {
-        matches!((version, self.uploaded.get(&id)), (Some(mine), Some(uploaded)) if mine < *uploaded)
+        matches!((version, self.uploaded.get(&id).and_then(|n| n.version)), (Some(mine), Some(uploaded)) if mine < uploaded)
     }
 
-    /// The turn of each of the `keys` keys of the claim `id`, or what blocks it while an
-    /// earlier claim on one of its keys is still in force. Claims of holders that `gone`
-    /// says are gone (their connection died) or neither released nor renewed for the claim
-    /// TTL hold nothing up.
-    pub fn turns(&self, id: &str, keys: usize, gone: impl Fn(&str) -> bool) -> Result<Vec<Turn>, Blocked> {
+    /// Whether `copy` is the fingerprint of a message whose row of the key was accepted
+    /// before, and another row of the key was accepted after it: sending the copy again
+    /// would overwrite that later row.
+    fn overtaken(&self, id: u64, copy: Fingerprint) -> bool {
+        self.overtaken.contains(&copy) && self.uploaded.get(&id).is_some_and(|newest| newest.fingerprint != Some(copy))
+    }
+
+    /// The turn of each key of the claim `id`, or what blocks it while an earlier claim on
+    /// one of its keys is still in force. `copies` has, for each key in claim order, the
+    /// fingerprint of its message if that message may be a copy of one seen before (the
+    /// broker redelivered it, or its publisher named it with a `message_id`): a copy of a
+    /// message accepted before whose key was accepted again since is superseded, like an
+    /// older version. Claims of holders that `gone` says are gone (their connection died)
+    /// or neither released nor renewed for the claim TTL hold nothing up.
+    pub fn turns(&self, id: &str, copies: &[Option<Fingerprint>], gone: impl Fn(&str) -> bool) -> Result<Vec<Turn>, Blocked> {
         let Some(mine) = self.claims.get(id) else {
             // Our own claim is gone only when it expired after waiting that long: go.
-            return Ok(vec![Turn::Go; keys]);
+            return Ok(vec![Turn::Go; copies.len()]);
         };
         let mut holders: Vec<String> = Vec::new();
         let mut blocked = false;
         let mut turns = Vec::with_capacity(mine.keys.len());
-        for (key, version) in &mine.keys {
-            if self.stale(*key, *version) {
+        for (at, (key, version)) in mine.keys.iter().enumerate() {
+            let copy = copies.get(at).copied().flatten();
+            if self.stale(*key, *version) || copy.is_some_and(|copy| self.overtaken(*key, copy)) {
                 turns.push(Turn::Superseded);
                 continue;
             }
@@ -149,9 +178,7 @@ impl Index {
             }
             Entry::Receipt(receipt) => {
                 for row in &receipt.rows {
-                    if let Some(version) = row.version {
-                        self.uploaded_version(key_id(&receipt.institution, receipt.infno, &row.key), version);
-                    }
+                    self.accepted_row(key_id(&receipt.institution, receipt.infno, &row.key), row);
                 }
             }
             Entry::Release { claim } => self.release(&claim),
@@ -163,11 +190,18 @@ impl Index {
         }
     }
 
-    fn uploaded_version(&mut self, id: u64, version: u64) {
+    fn accepted_row(&mut self, id: u64, row: &ReceiptRow) {
         match self.uploaded.get_mut(&id) {
-            Some(newest) => *newest = (*newest).max(version),
-            None => {
-                self.uploaded.insert(id, version);
+            Some(newest) => {
+                let older = matches!((row.version, newest.version), (Some(this), Some(newest)) if this < newest);
+                let replaced = if older { None } else { std::mem::replace(&mut newest.fingerprint, row.fingerprint) };
+                newest.version = newest.version.max(row.version);
+                if let Some(replaced) = replaced.filter(|replaced| Some(*replaced) != row.fingerprint) {
+                    self.remember_overtaken(replaced);
+                }
+            }
+            None if row.version.is_some() || row.fingerprint.is_some() => {
+                self.uploaded.insert(id, Newest { version: row.version, fingerprint: row.fingerprint });
                 self.first_seen.push_back(id);
                 while self.uploaded.len() > self.max_keys {
                     match self.first_seen.pop_front() {
@@ -175,6 +209,19 @@ impl Index {
                         None => break,
                     };
                 }
+            }
+            None => {}
+        }
+    }
+
+    fn remember_overtaken(&mut self, fingerprint: Fingerprint) {
+        if self.overtaken.insert(fingerprint) {
+            self.overtaken_order.push_back(fingerprint);
+            while self.overtaken.len() > self.max_keys {
+                match self.overtaken_order.pop_front() {
+                    Some(oldest) => self.overtaken.remove(&oldest),
+                    None => break,
+                };
             }
         }
     }
@@ -207,7 +254,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Receipt, ReceiptRow};
+    use crate::ledger::Receipt;
     use chrono::Utc;
     use rust_decimal::Decimal;
 
@@ -231,6 +278,10 @@ mod tests {
     }
 
     fn receipt(key: &str, version: Option<u64>) -> Entry {
+        receipt_of(key, version, None)
+    }
+
+    fn receipt_of(key: &str, version: Option<u64>, fingerprint: Option<Fingerprint>) -> Entry {
         Entry::Receipt(Receipt {
             claim: "c".into(),
             institution: "H1".into(),
@@ -238,7 +289,7 @@ mod tests {
             msgid: "m".into(),
             return_code: 1,
             at: Utc::now(),
-            rows: vec![ReceiptRow { key: key.into(), version, quantity: Decimal::ONE, price: Decimal::ONE, time: String::new() }],
+            rows: vec![ReceiptRow { key: key.into(), version, quantity: Decimal::ONE, price: Decimal::ONE, time: String::new(), fingerprint }],
         })
     }
 
@@ -260,27 +311,73 @@ mod tests {
         index.apply(claim("a", &[("k", Some(1)), ("j", None)]));
         index.apply(claim("b", &[("k", Some(2))]));
         index.apply(claim("c", &[("x", Some(1))]));
-        assert_eq!(index.turns("a", 2, no_one_gone), Ok(vec![Turn::Go, Turn::Go]));
-        assert_eq!(index.turns("b", 1, no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "b waits for a");
-        assert_eq!(index.turns("c", 1, no_one_gone), Ok(vec![Turn::Go]), "other keys are not held up");
+        assert_eq!(index.turns("a", &[None; 2], no_one_gone), Ok(vec![Turn::Go, Turn::Go]));
+        assert_eq!(index.turns("b", &[None; 1], no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "b waits for a");
+        assert_eq!(index.turns("c", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "other keys are not held up");
         index.apply(receipt("k", Some(1)));
         index.apply(Entry::Release { claim: "a".into() });
-        assert_eq!(index.turns("b", 1, no_one_gone), Ok(vec![Turn::Go]));
+        assert_eq!(index.turns("b", &[None; 1], no_one_gone), Ok(vec![Turn::Go]));
 
         index.apply(claim("d", &[("k", Some(9))]));
         index.apply(claim("e", &[("k", Some(3))]));
         index.apply(Entry::Release { claim: "b".into() });
-        assert_eq!(index.turns("e", 1, no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "a newer version claimed first: wait for it");
+        assert_eq!(index.turns("e", &[None; 1], no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "a newer version claimed first: wait for it");
         index.apply(receipt("k", Some(9)));
         index.apply(Entry::Release { claim: "d".into() });
-        assert_eq!(index.turns("e", 1, no_one_gone), Ok(vec![Turn::Superseded]), "the newer version was accepted");
+        assert_eq!(index.turns("e", &[None; 1], no_one_gone), Ok(vec![Turn::Superseded]), "the newer version was accepted");
 
         // A newer version that is refused (released without a receipt) leaves the key to the older one.
         index.apply(claim("f", &[("r", Some(2))]));
         index.apply(claim("g", &[("r", Some(1))]));
-        assert!(index.turns("g", 1, no_one_gone).is_err());
+        assert!(index.turns("g", &[None; 1], no_one_gone).is_err());
         index.apply(Entry::Release { claim: "f".into() });
-        assert_eq!(index.turns("g", 1, no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
+        assert_eq!(index.turns("g", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
+    }
+
+    #[test]
+    fn a_copy_of_an_accepted_message_is_superseded_once_its_key_was_accepted_again() {
+        let mut index = Index::new(10);
+        let first = Fingerprint::of_message(Some("m1"), b"first");
+        let later = Fingerprint::of_message(Some("m2"), b"later");
+        index.apply(receipt_of("k", None, Some(first)));
+        index.apply(claim("a", &[("k", None)]));
+        assert_eq!(index.turns("a", &[Some(first)], no_one_gone), Ok(vec![Turn::Go]), "nothing newer: sending it again is harmless");
+        index.apply(Entry::Release { claim: "a".into() });
+
+        index.apply(receipt_of("k", None, Some(later)));
+        index.apply(claim("b", &[("k", None)]));
+        assert_eq!(index.turns("b", &[Some(first)], no_one_gone), Ok(vec![Turn::Superseded]), "a copy of the first message");
+        assert_eq!(index.turns("b", &[Some(later)], no_one_gone), Ok(vec![Turn::Go]), "a copy of the newest");
+        assert_eq!(index.turns("b", &[None], no_one_gone), Ok(vec![Turn::Go]), "a new event: the later delivery wins");
+        index.apply(Entry::Release { claim: "b".into() });
+
+        // A back-filled row (no message) accepted after it makes the copy stale as well.
+        index.apply(receipt_of("k", None, None));
+        index.apply(claim("c", &[("k", None)]));
+        assert_eq!(index.turns("c", &[Some(later)], no_one_gone), Ok(vec![Turn::Superseded]));
+        index.apply(Entry::Release { claim: "c".into() });
+
+        // A lower version accepted late does not become the key's newest.
+        let v5 = Fingerprint::of_message(None, b"v5");
+        index.apply(receipt_of("v", Some(5), Some(v5)));
+        index.apply(receipt_of("v", Some(4), Some(Fingerprint::of_message(None, b"v4"))));
+        index.apply(claim("d", &[("v", Some(5))]));
+        assert_eq!(index.turns("d", &[Some(v5)], no_one_gone), Ok(vec![Turn::Go]));
+    }
+
+    #[test]
+    fn rows_without_version_or_fingerprint_add_no_key_and_overtaken_fingerprints_are_bounded() {
+        let mut index = Index::new(2);
+        index.apply(receipt_of("backfilled", None, None));
+        assert!(index.is_empty());
+        let prints: Vec<Fingerprint> = (0..4u8).map(|i| Fingerprint::of_message(None, &[i])).collect();
+        for print in &prints {
+            index.apply(receipt_of("corrected", None, Some(*print)));
+        }
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.overtaken.len(), 2, "{:?}", index.overtaken);
+        assert!(!index.overtaken.contains(&prints[0]), "the oldest was forgotten");
+        assert!(!index.overtaken.contains(&prints[3]), "the newest is not overtaken");
     }
 
     #[test]
@@ -291,10 +388,10 @@ mod tests {
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(30));
             index.apply(Entry::Renew { claim: "a".into() });
-            assert!(index.turns("b", 1, no_one_gone).is_err(), "a renewed claim holds its keys");
+            assert!(index.turns("b", &[None; 1], no_one_gone).is_err(), "a renewed claim holds its keys");
         }
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(index.turns("b", 1, no_one_gone), Ok(vec![Turn::Go]), "not renewed: abandoned");
+        assert_eq!(index.turns("b", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "not renewed: abandoned");
     }
 
     #[test]
@@ -306,15 +403,15 @@ mod tests {
         index.apply(claim_of(Some("w2"), "d", &[("k", Some(2)), ("j", Some(2)), ("l", Some(2))]));
         let gone = |holder: &str| holder == "dead";
         assert_eq!(
-            index.turns("d", 3, no_one_gone),
+            index.turns("d", &[None; 3], no_one_gone),
             Err(Blocked { holders: vec!["dead".into(), "alive".into()] }),
             "every holder in the way is named once; a claim without a holder cannot be probed"
         );
-        assert_eq!(index.turns("d", 3, gone), Err(Blocked { holders: vec!["alive".into()] }));
+        assert_eq!(index.turns("d", &[None; 3], gone), Err(Blocked { holders: vec!["alive".into()] }));
         index.apply(Entry::Release { claim: "b".into() });
         index.apply(Entry::Release { claim: "c".into() });
-        assert_eq!(index.turns("d", 3, gone), Ok(vec![Turn::Go; 3]), "the dead holder's claim is skipped");
-        assert!(index.turns("d", 3, no_one_gone).is_err(), "until known to be gone it holds k");
+        assert_eq!(index.turns("d", &[None; 3], gone), Ok(vec![Turn::Go; 3]), "the dead holder's claim is skipped");
+        assert!(index.turns("d", &[None; 3], no_one_gone).is_err(), "until known to be gone it holds k");
     }
 
     #[test]

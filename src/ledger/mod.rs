@@ -7,7 +7,12 @@
 //!   key, so an older version must never be sent after a newer one. Every worker folds the
 //!   last `ledger.index_days` of the ledger into an [`Index`] of the newest uploaded version
 //!   per key, and before an upload, **claims** its keys in the ledger:
-//!   1. rows whose version is lower than the index's are *superseded* (not sent);
+//!   1. rows whose version is lower than the index's are *superseded* (not sent), and so
+//!      are **copies** of a message accepted before when its key was accepted again since
+//!      (a copy is a delivery the broker redelivered, e.g. after acks held back behind an
+//!      older delivery were lost with the connection, or one whose publisher named it with
+//!      a `message_id`; each receipt row carries its message's [`Fingerprint`]), so that a
+//!      copy never overwrites a correction even without versions;
 //!   2. the worker appends a `claim` entry with the batch's keys and versions; the stream
 //!      orders all claims of the fleet;
 //!   3. for each key, an earlier claim of a *higher* version makes this row superseded (the
@@ -33,18 +38,22 @@
 //!   whose answer was lost to a timeout may, in theory, be applied by the platform after
 //!   a later one (the platform
 //!   gives no way to know); events without `version` are ordered by claim order, i.e.
-//!   roughly by delivery, which is all "the later delivery wins" can promise; keys older
-//!   than the index window (or evicted past `max_index_keys`) are not protected against a
-//!   replay of a stale version (the claim order still serialises racing uploads).
+//!   roughly by delivery, which is all "the later delivery wins" can promise (a new event
+//!   without `message_id` that repeats, byte for byte, a message accepted before is
+//!   taken for new only if the broker delivers it for the first time); keys and
+//!   fingerprints older than the index window (or evicted past `max_index_keys`) are not
+//!   protected against a replay of a stale version (the claim order still serialises
+//!   racing uploads).
 //! * **The daily report** (`els-bridge report`, [`report`]): receipts carry each row's
 //!   quantity, price and movement time.
 //!
 //! Entries (`change` of a log entry):
 //! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder"}}`,
-//! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time"}]}}`,
+//! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time", "fingerprint"}]}}`,
 //! `{"release": {"claim"}}`, `{"renew": {"claim"}}` (releases before this one skip a renew
 //! entry as unreadable, with a warning: harmless during a rolling upgrade).
 
+pub mod fingerprint;
 pub mod index;
 pub mod report;
 
@@ -66,6 +75,7 @@ use crate::platform::Outcome;
 use crate::spec::{Infno, Record};
 use crate::upload::{Row, Settled, Uploader};
 
+pub use fingerprint::Fingerprint;
 pub use index::Index;
 
 /// The default of `ledger.claim_ttl_secs`: a claim neither released nor renewed within
@@ -160,17 +170,22 @@ pub struct ReceiptRow {
     pub price: Decimal,
     /// The movement time (Beijing wall clock, `yyyy-MM-dd HH:mm:ss`).
     pub time: String,
+    /// The fingerprint of the message that carried the row (absent for rows not from a
+    /// message, and in receipts of older releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl ReceiptRow {
-    /// The receipt row of an uploaded record.
-    pub fn of(record: &Record, version: Option<u64>) -> Self {
+    /// The receipt row of an uploaded record from `source`.
+    pub fn of(record: &Record, source: &impl Provenance) -> Self {
         ReceiptRow {
             key: record.key().to_owned(),
-            version,
+            version: source.version(),
             quantity: record.quantity(),
             price: record.price(),
             time: record.time().to_string(),
+            fingerprint: source.fingerprint(),
         }
     }
 }
@@ -184,10 +199,22 @@ pub enum Turn {
     Superseded,
 }
 
-/// What a row's origin knows of its version.
-pub trait Versioned {
+/// What the ledger is told of where a row comes from.
+pub trait Provenance {
     /// The version of the record, if its event had one.
     fn version(&self) -> Option<u64>;
+
+    /// The fingerprint of the message whose record is sent, if it came from one.
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        None
+    }
+
+    /// Whether that message may be a copy of one seen before (the broker redelivered it,
+    /// or its publisher named it with a `message_id`): only then does an earlier receipt
+    /// of its fingerprint make it a copy rather than a new event.
+    fn may_be_a_copy(&self) -> bool {
+        false
+    }
 }
 
 /// The result of a claimed upload.
@@ -263,10 +290,10 @@ impl Ledger {
     }
 
     /// Claims the keys, waits for earlier claims on them to end, and returns each row's
-    /// turn, in order. The claim must be released with [`Ledger::release`].
-    pub async fn claim(&self, institution: &str, infno: Infno, keys: Vec<(String, Option<u64>)>) -> Result<(String, Vec<Turn>), LogError> {
+    /// turn, in order; `copies` as in [`Index::turns`]. The claim must be released with
+    /// [`Ledger::release`].
+    pub async fn claim(&self, institution: &str, infno: Infno, keys: Vec<(String, Option<u64>)>, copies: &[Option<Fingerprint>]) -> Result<(String, Vec<Turn>), LogError> {
         let id = nonce();
-        let count = keys.len();
         let holder = Some(self.holder.clone());
         let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder };
         let appending = Instant::now();
@@ -276,7 +303,7 @@ impl Ledger {
         loop {
             let turns = self.log.read(|index| {
                 let gone = self.gone();
-                index.turns(&id, count, |holder| gone.contains_key(holder))
+                index.turns(&id, copies, |holder| gone.contains_key(holder))
             })?;
             match turns {
                 Ok(turns) => return Ok((id, turns)),
@@ -305,11 +332,12 @@ impl Ledger {
     /// accepted call before returning, and releases the claim. If the ledger fails, the
     /// rows come back unsettled as a transient failure (sent again later, which is
     /// harmless for the same version).
-    pub async fn upload<T: Versioned>(&self, uploader: &Uploader, institution: &Institution, infno: Infno, rows: Vec<Row<T>>, calls: &mut u64) -> Claimed<T> {
+    pub async fn upload<T: Provenance>(&self, uploader: &Uploader, institution: &Institution, infno: Infno, rows: Vec<Row<T>>, calls: &mut u64) -> Claimed<T> {
         let failed = |error: LogError| Outcome::Transient { code: None, message: format!("the receipts ledger is not available: {error}") };
         let code = &institution.fixmedins_code;
         let keys = rows.iter().map(|r| (r.record.key().to_owned(), r.source.version())).collect();
-        let (claim, turns) = match self.claim(code, infno, keys).await {
+        let copies: Vec<Option<Fingerprint>> = rows.iter().map(|r| r.source.fingerprint().filter(|_| r.source.may_be_a_copy())).collect();
+        let (claim, turns) = match self.claim(code, infno, keys, &copies).await {
             Ok(claimed) => claimed,
             Err(error) => return Claimed { superseded: Vec::new(), settled: vec![Settled::Unsettled { rows, outcome: failed(error) }] },
         };
@@ -329,7 +357,7 @@ impl Ledger {
                 msgid: msgid.clone(),
                 return_code,
                 at: Utc::now(),
-                rows: rows.iter().map(|r| ReceiptRow::of(&r.record, r.source.version())).collect(),
+                rows: rows.iter().map(|r| ReceiptRow::of(&r.record, &r.source)).collect(),
             };
             match self.receipt(receipt).await {
                 Ok(()) => settled.push(Settled::Accepted { rows, msgid, return_code }),

@@ -164,6 +164,7 @@ mod tests {
                     quantity: qty.parse().unwrap(),
                     price: price.parse().unwrap(),
                     time: time.to_string(),
+                    fingerprint: None,
                 })
                 .collect(),
         })

@@ -39,12 +39,14 @@ pub struct Pending<T> {
     pub version: Option<u64>,
     /// The deliveries to settle with it.
     pub sources: Vec<T>,
+    /// Which of them carried the record to send.
+    sent_by: usize,
 }
 
 impl<T> Pending<T> {
     /// A first delivery of a key.
     fn new(record: Record, version: Option<u64>, source: T) -> Self {
-        Pending { record, version, sources: vec![source] }
+        Pending { record, version, sources: vec![source], sent_by: 0 }
     }
 
     /// Folds another delivery of the same key in: its record replaces the one held unless
@@ -59,6 +61,7 @@ impl<T> Pending<T> {
         if newer {
             self.record = record;
             self.version = version;
+            self.sent_by = self.sources.len();
         }
         self.sources.push(source);
     }
@@ -72,6 +75,15 @@ pub struct Carried<T> {
     pub version: Option<u64>,
     /// The deliveries of every version seen of the key.
     pub deliveries: Vec<T>,
+    /// Which of them carried the record sent.
+    pub sent_by: usize,
+}
+
+impl<T> Carried<T> {
+    /// The delivery that carried the record sent.
+    pub fn sender(&self) -> Option<&T> {
+        self.deliveries.get(self.sent_by)
+    }
 }
 
 /// A call's worth of records taken from a lane.
@@ -132,7 +144,7 @@ impl<T> Lane<T> {
         let mut rows = Vec::with_capacity(n);
         for (key, (pending, _)) in self.ready.drain(..n) {
             self.in_flight.insert(key);
-            let source = Carried { version: pending.version, deliveries: pending.sources };
+            let source = Carried { version: pending.version, deliveries: pending.sources, sent_by: pending.sent_by };
             rows.push(Row { record: pending.record, source });
         }
         if !rows.is_empty() {
@@ -296,7 +308,9 @@ mod tests {
         assert_eq!(batch.rows[0].record.quantity().to_string(), "5");
         assert_eq!(batch.rows[0].source.deliveries, ["v2", "v1 late"]);
         assert_eq!(batch.rows[0].source.version, Some(2));
+        assert_eq!(batch.rows[0].source.sender(), Some(&"v2"));
         assert_eq!(batch.rows[1].record.quantity().to_string(), "2", "without versions the later delivery wins");
+        assert_eq!(batch.rows[1].source.sender(), Some(&"b later"));
     }
 
     #[test]

@@ -11,16 +11,25 @@ use super::holds::Holds;
 use super::lanes::Carried;
 use super::settle::{Settlement, Settler};
 use crate::config::Institution;
-use crate::ledger::{Ledger, Versioned};
+use crate::ledger::{Fingerprint, Ledger, Provenance};
 use crate::spec::Infno;
 use crate::upload::{Row, Uploader};
 
 /// A row of a batch with its deliveries.
 pub type BatchRow = Row<Carried<Delivery>>;
 
-impl<T> Versioned for Carried<T> {
+impl Provenance for Carried<Delivery> {
     fn version(&self) -> Option<u64> {
         self.version
+    }
+
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        let delivery = self.sender()?;
+        Some(Fingerprint::of_message(delivery.properties.message_id().as_ref().map(|id| id.as_str()), &delivery.data))
+    }
+
+    fn may_be_a_copy(&self) -> bool {
+        self.sender().is_some_and(|delivery| delivery.redelivered || delivery.properties.message_id().is_some())
     }
 }
 
