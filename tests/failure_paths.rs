@@ -630,3 +630,70 @@ async fn a_redelivered_copy_of_an_accepted_record_does_not_overwrite_its_correct
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// Counts the ledger's claims per `at`, read with the library's own stream reader (which
+/// syncs on a marker of its own, so every entry confirmed before is counted).
+#[derive(Default)]
+struct Claims(Vec<chrono::DateTime<chrono::Utc>>);
+
+impl els_bridge::broker::log::Fold for Claims {
+    type Change = els_bridge::ledger::Entry;
+
+    fn apply(&mut self, change: els_bridge::ledger::Entry) {
+        if let els_bridge::ledger::Entry::Claim(claim) = change {
+            self.0.push(claim.at);
+        }
+    }
+}
+
+async fn ledger_claims(vhost: &common::broker::TestVhost) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let connection = lapin::Connection::connect(vhost.url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let settings = els_bridge::ledger::log_settings("els", &els_bridge::config::LedgerSettings::default(), 1);
+    let log = els_bridge::broker::log::StreamLog::open(&connection, &settings, Claims::default()).await.unwrap();
+    let claims = log.read(|claims| claims.0.clone()).unwrap();
+    connection.close(200, "counted".into()).await.unwrap();
+    claims
+}
+
+/// A platform outage with a backlog: every batch used to claim its keys in the ledger (a
+/// claim and a release) and call the platform at every attempt, so the ledger grew with
+/// backlog × attempts (442 k entries after a long outage, a ledger no worker could open
+/// in time) and the calls used up the daily limit. Now three failures in a row hold the
+/// institution as failing: its batches are parked unsent (an attempt counted) while one
+/// at a time probes. 20 s of outage, 30 batches waiting, a backoff from 0.1 s doubling to
+/// 2 s (each wait at least half of that, so the growing waits add up to 1.55 s): the 30
+/// batches claim at once when they are taken; from the outage's second 2 to its second 19
+/// every batch retrying made some 400 claims, and the probes make at most one a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_costs_a_claim_per_probe_not_per_batch_and_attempt() {
+    let World { sim, vhost, amqp } = World::with_institutions("outage-claims", 1).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 100);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("linger_ms = 100\n", "linger_ms = 100\nmax_records = 10\n").replace("max_backoff_ms = 1000\n", "max_backoff_ms = 2000\n");
+    std::fs::write(&config, text).unwrap();
+    let outage = Duration::from_secs(20);
+    sim.start_outage(outage.as_secs()).await;
+    let outage_ends = chrono::Utc::now() + outage;
+    let events: Vec<serde_json::Value> = (0..300).map(|i| event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("OUT-{i:03}"), "1"))).collect();
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "outage-claims");
+    let readyz = format!("http://127.0.0.1:{}/readyz", worker.http_port(Duration::from_secs(30)));
+    let failing = eventually("/readyz lists the institution as failing", Duration::from_secs(15), async || {
+        let body: serde_json::Value = reqwest::get(&readyz).await.ok()?.json().await.ok()?;
+        body["failing_institutions"][&code].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(failing.contains("HTTP 503"), "{failing}");
+
+    wait_for_stored(&sim, 300, "every record is stored after the outage", Duration::from_secs(120)).await;
+    // The batches dispatched at once claim before any call has failed; after that, only probes.
+    let settled_in = outage_ends - outage + chrono::Duration::seconds(2);
+    let claims = ledger_claims(&vhost).await;
+    let later = claims.iter().filter(|at| **at > settled_in && **at < outage_ends - chrono::Duration::seconds(1)).count();
+    assert!(later <= 20, "{later} claims during the outage after its first 2 s ({} in all):\n{}", claims.len(), worker.logs());
+    assert!(worker.logs().contains("one batch at a time probes"), "{}", worker.logs());
+    vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}

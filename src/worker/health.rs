@@ -39,9 +39,14 @@ impl Health {
         self.consuming.load(Ordering::Relaxed)
     }
 
-    /// The institutions held, with the reason.
+    /// The institutions held for their configuration or the daily limit, with the reason.
     pub fn held(&self) -> Vec<(String, String)> {
         self.holds.held()
+    }
+
+    /// The institutions held because the platform is failing for them, with the last failure.
+    pub fn failing(&self) -> Vec<(String, String)> {
+        self.holds.failing()
     }
 }
 
@@ -58,10 +63,12 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Health, shutdown: 
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     let consuming = health.is_consuming();
-    let held: serde_json::Map<String, serde_json::Value> =
-        health.held().into_iter().map(|(code, reason)| (code, json!(reason))).collect();
+    let listed = |held: Vec<(String, String)>| -> serde_json::Map<String, serde_json::Value> {
+        held.into_iter().map(|(code, reason)| (code, json!(reason))).collect()
+    };
     let status = if consuming { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "consuming": consuming, "held_institutions": held })))
+    let body = json!({ "consuming": consuming, "held_institutions": listed(health.held()), "failing_institutions": listed(health.failing()) });
+    (status, Json(body))
 }
 
 /// Prometheus text exposition of every metric.

@@ -1,4 +1,5 @@
-//! What happens to one batch, top to bottom: held institution → park; claim the keys in the
+//! What happens to one batch, top to bottom: held institution → park (counting an attempt
+//! when the platform is failing for it); claim the keys in the
 //! ledger (waiting for earlier claims on them; older versions are superseded); upload
 //! (token, split, bisect); record a receipt of what was accepted; release the claim;
 //! settle every delivery (reporting which the session is to ack).
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 
-use super::holds::Holds;
+use super::holds::{Held, Holds};
 use super::lanes::Carried;
 use super::settle::{Settlement, Settler};
 use crate::config::Institution;
@@ -50,9 +51,12 @@ impl Pipeline {
     /// Takes one batch of one institution and transaction to the end.
     pub async fn run(&self, institution: &Institution, infno: Infno, rows: Vec<BatchRow>) -> Settlement {
         let code = &institution.fixmedins_code;
-        if let Some(wait) = self.holds.wait(code) {
+        if let Some(held) = self.holds.wait(code) {
             let deliveries: Vec<&Delivery> = rows.iter().flat_map(|r| r.source.deliveries.iter()).collect();
-            return self.settler.hold(&deliveries, wait).await;
+            return match held {
+                Held::Parked(wait) => self.settler.hold(&deliveries, wait).await,
+                Held::Failing { wait, reason } => self.settler.not_sent(&deliveries, wait, &reason).await,
+            };
         }
         let mut calls = 0;
         let trace = crate::telemetry::trace::BatchTrace::of(rows.iter().flat_map(|r| r.source.deliveries.iter()));

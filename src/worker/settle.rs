@@ -7,6 +7,7 @@
 //! | refused (8, 12–16), after bisection down to the row | dead-lettered `rejected` with returnCode and message |
 //! | transient (6, 7, HTTP 5xx, timeouts, connection errors, non-JSON, unknown codes, 5 twice) | parked in a delay queue for the next backoff step, counting an attempt; after `retry.max_elapsed_secs` since the first failure, dead-lettered `exhausted` |
 //! | configuration (2, 3, 4, 30, HTTP 401/403/404) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
+//! | transient, the third in a row for the institution | as transient, and the institution is held as failing: its next batches are parked with an attempt counted, unsent, while one at a time probes ([`super::holds`]) |
 //! | daily limit (11) | the institution is held until Beijing midnight; parked until then |
 //!
 //! Deliveries to ack are not acked here: the settler reports them in a [`Settlement`] and
@@ -227,7 +228,10 @@ impl Settler {
                             settlement.add(self.hold(&deliveries, wait).await);
                         }
                         _ => {
-                            let moved = join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome))).await;
+                            if matches!(outcome, Outcome::Transient { .. }) {
+                                self.holds.failed(institution, &outcome.to_string());
+                            }
+                            let moved = join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome, Duration::ZERO))).await;
                             settlement.add(Settlement::moved(deliveries.into_iter().zip(moved)));
                         }
                     }
@@ -259,9 +263,18 @@ impl Settler {
         Settlement::moved(deliveries.iter().copied().zip(moved))
     }
 
-    /// Counts a failed attempt and parks the delivery for the next backoff step, or
-    /// dead-letters it as `exhausted` past the retry budget.
-    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome) -> Moved {
+    /// Parks deliveries of an institution held as failing for at least `wait`, counting an
+    /// attempt that failed for `reason` (or dead-letters them past the retry budget): they
+    /// were not sent, since the platform fails for their institution.
+    pub async fn not_sent(&self, deliveries: &[&Delivery], wait: Duration, reason: &str) -> Settlement {
+        let outcome = Outcome::Transient { code: None, message: format!("not sent: {reason}") };
+        let moved = join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome, wait))).await;
+        Settlement::moved(deliveries.iter().copied().zip(moved))
+    }
+
+    /// Counts a failed attempt and parks the delivery for the next backoff step (at least
+    /// `at_least`), or dead-letters it as `exhausted` past the retry budget.
+    async fn retry_later(&self, delivery: &Delivery, outcome: &Outcome, at_least: Duration) -> Moved {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let first = state.first_failed_at.unwrap_or(now);
@@ -271,7 +284,7 @@ impl Settler {
             let error = format!("failing for {}s over {attempts} attempts; the last: {outcome}", failing_for.as_secs());
             return self.dead_letter(delivery, Reason::Exhausted, &error, outcome.return_code(), attempts).await;
         }
-        let wait = self.backoff.delay(attempts);
+        let wait = self.backoff.delay(attempts).max(at_least);
         let mut headers = own_headers(delivery);
         put(&mut headers, header::ATTEMPTS, AMQPValue::LongLongInt(attempts.into()));
         put(&mut headers, header::FIRST_FAILED_AT, text(&rfc3339(first)));
