@@ -697,3 +697,48 @@ async fn an_outage_costs_a_claim_per_probe_not_per_batch_and_attempt() {
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }
+
+/// A ledger that takes longer than half a minute to read at start-up (here 11 MB of claims
+/// through a link of 300 KB/s: about 37 s): opening used to give up after 30 s in all, and
+/// every reconnect started the read over, so the worker never started. Now it waits as
+/// long as entries keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_that_takes_longer_than_half_a_minute_to_read_still_opens() {
+    let World { sim, vhost, amqp } = World::with_institutions("long-ledger", 1).await;
+    let code = sim.institution(0).code.clone();
+    fill_ledger(&vhost, &code, 2_200).await;
+    let host_port = vhost.url().split_once('@').and_then(|(_, after)| after.split('/').next()).unwrap().to_owned();
+    let relay = common::relay::Relay::start(host_port).await;
+    relay.throttle(300_000);
+    let config = worker_config(&sim, &vhost, 100);
+    let text = std::fs::read_to_string(&config).unwrap().replace(vhost.url(), &relay.url(vhost.url()));
+    std::fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    let mut worker = WorkerProcess::start(&config, "long-ledger");
+
+    let after = event(Infno::Els7002, &code, None, row(Infno::Els7002, "AFTER-THE-READ", "1"));
+    amqp.publish(&[after]).await;
+    wait_for_stored(&sim, 1, "the event is stored once the ledger is read", Duration::from_secs(120)).await;
+    assert!(started.elapsed() > Duration::from_secs(30), "the ledger was read in {:?}: the test shows nothing", started.elapsed());
+    assert!(!worker.logs().contains("did not come back"), "{}", worker.logs());
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// Appends `claims` claims of 100 keys each (about 5 KB apiece), each released, to the ledger.
+async fn fill_ledger(vhost: &common::broker::TestVhost, code: &str, claims: usize) {
+    use els_bridge::ledger::{Claim, Entry};
+    let connection = lapin::Connection::connect(vhost.url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let settings = els_bridge::ledger::log_settings("els", &els_bridge::config::LedgerSettings::default(), 1);
+    let log = els_bridge::broker::log::StreamLog::open(&connection, &settings, Claims::default()).await.unwrap();
+    for chunk in 0..claims.div_ceil(100) {
+        let entries = (chunk * 100..((chunk + 1) * 100).min(claims)).flat_map(|n| {
+            let id = format!("fill-{n}");
+            let keys = (0..100).map(|k| (format!("FILLED-BEFORE-{n:06}-{k:03}-0000000000000000"), Some(1))).collect();
+            let claim = Claim { id: id.clone(), institution: code.to_owned(), infno: Infno::Els7002, keys, at: chrono::Utc::now(), holder: None };
+            [Entry::Claim(claim), Entry::Release { claim: id }]
+        });
+        futures_util::future::try_join_all(entries.map(|entry| log.append_confirmed(entry))).await.unwrap();
+    }
+    connection.close(200, "filled".into()).await.unwrap();
+}
