@@ -257,11 +257,15 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long to flush open batches and settle before closing; what is not
     /// settled by then stays unacked and is delivered again.
     pub drain_deadline_secs: u64,
+    /// The largest event body taken (bytes); a larger one is dead-lettered `invalid`
+    /// without being parsed. A valid event is far smaller (every field at its longest, in
+    /// escaped UTF-8, is under 16 KiB), so this bounds what one parse may take.
+    pub max_event_bytes: usize,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { drain_deadline_secs: 30 }
+        WorkerSettings { drain_deadline_secs: 30, max_event_bytes: crate::event::MAX_EVENT_BYTES }
     }
 }
 
@@ -546,6 +550,10 @@ impl Config {
                 return fail(format!("institution {code} is configured twice"));
             }
             seen.push(code);
+        }
+        let max_event = self.worker.max_event_bytes;
+        if !(1024..=16 << 20).contains(&max_event) {
+            return fail(format!("worker.max_event_bytes = {max_event} is out of range: from 1024 to 16777216 bytes"));
         }
         Ok(())
     }

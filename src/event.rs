@@ -27,10 +27,28 @@ pub struct Problem {
     pub reason: String,
 }
 
-/// Why an event is invalid: every problem found.
+/// Why an event is invalid: every problem found (its message names the first
+/// [`PROBLEMS_SHOWN`] and counts the rest).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.iter().map(|p| if p.field.is_empty() { p.reason.clone() } else { format!("{}: {}", p.field, p.reason) }).collect::<Vec<_>>().join("; "))]
+#[error("{}", shown(.0))]
 pub struct InvalidEvent(pub Vec<Problem>);
+
+/// How many problems an invalid event's message names; an event with a million unknown
+/// fields must not make a message (a log line, `x-els-error`) of a hundred megabytes.
+pub const PROBLEMS_SHOWN: usize = 20;
+
+fn shown(problems: &[Problem]) -> String {
+    let mut text = problems
+        .iter()
+        .take(PROBLEMS_SHOWN)
+        .map(|p| if p.field.is_empty() { p.reason.clone() } else { format!("{}: {}", p.field, p.reason) })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > PROBLEMS_SHOWN {
+        text.push_str(&format!("; and {} more problems", problems.len() - PROBLEMS_SHOWN));
+    }
+    text
+}
 
 impl InvalidEvent {
     fn one(field: &str, reason: impl Into<String>) -> Self {
@@ -69,10 +87,22 @@ pub enum Institutions<'a> {
     Any,
 }
 
+/// The default largest event body, in bytes (`worker.max_event_bytes`), and the largest
+/// line of a record or event file.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
 /// Parses and validates one event body, reporting every problem found.
 pub fn parse(body: &[u8], institutions: Institutions) -> Result<Event, InvalidEvent> {
     let object = parse_json_object(body)?;
     from_object(&object, institutions)
+}
+
+/// [`parse`], refusing without parsing a body larger than `max_bytes`.
+pub fn parse_at_most(body: &[u8], max_bytes: usize, institutions: Institutions) -> Result<Event, InvalidEvent> {
+    if body.len() > max_bytes {
+        return Err(LineError::TooLong { bytes: body.len() as u64, max: max_bytes }.into());
+    }
+    parse(body, institutions)
 }
 
 /// Validates an event already parsed as a JSON object.
@@ -196,6 +226,20 @@ mod tests {
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["extra", "fixmedins_code", "version", "data.stoin_cnt"]);
         assert!(err.to_string().contains("data.stoin_cnt: must be a non-negative decimal"), "{err}");
+    }
+
+    #[test]
+    fn a_message_names_twenty_problems_and_counts_the_rest() {
+        let mut data = drug_in();
+        for n in 0..10_000 {
+            data[format!("unknown_{n}")] = json!(1);
+        }
+        let body = json!({"infno": "ELS7002", "data": data});
+        let err = parse(body.to_string().as_bytes(), Institutions::Any).unwrap_err();
+        assert_eq!(err.0.len(), 10_000);
+        let message = err.to_string();
+        assert!(message.ends_with("; and 9980 more problems"), "{message}");
+        assert!(message.len() < 3_000, "{} bytes", message.len());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reading input files line by line: JSON Lines (one JSON value a line) or CSV with the
-//! spec's column names, UTF-8 with or without a byte-order mark. Every line that cannot be
+//! spec's column names, UTF-8 with or without a byte-order mark (on any line, as on a
+//! message body). Every line that cannot be
 //! read becomes a [`LineError`] for that line; reading never stops early and never panics,
 //! and memory is bounded by the longest line.
 
@@ -34,7 +35,7 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
     /// Bytes that are not UTF-8.
-    #[error("the line is not UTF-8 text (byte {0})")]
+    #[error("not UTF-8 text (byte {0})")]
     NotUtf8(usize),
     /// Not JSON.
     #[error("not valid JSON: {0}")]
@@ -45,6 +46,17 @@ pub enum LineError {
     /// A CSV line that does not fit the header.
     #[error("CSV: {0}")]
     Csv(String),
+    /// Longer than the largest event or record line; not parsed.
+    #[error("too large: {bytes} bytes, at most {max} are taken (no record is near that size; worker.max_event_bytes for events)")]
+    TooLong {
+        /// The line's or body's size.
+        bytes: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// An object that names a field twice: which value was meant cannot be known.
+    #[error("the field {0} appears more than once in one object; which value counts would be a guess")]
+    DuplicateField(String),
 }
 
 /// One line of input: its number (1-based, as an editor shows it) and content.
@@ -55,6 +67,10 @@ pub struct Line {
     /// The object on the line, or why there is none.
     pub content: Result<Map<String, Value>, LineError>,
 }
+
+/// The longest line read; a longer one is a [`LineError::TooLong`], skipped without being
+/// held in memory.
+pub const MAX_LINE_BYTES: usize = crate::event::MAX_EVENT_BYTES;
 
 /// Reads the lines of one file as JSON objects.
 pub struct Lines {
@@ -92,6 +108,14 @@ impl Lines {
     pub fn consumed(&self) -> u64 {
         self.consumed
     }
+
+    /// A CSV file's column names (none for JSON Lines).
+    pub fn columns(&self) -> Option<&[String]> {
+        match &self.inner {
+            Inner::Csv { header, .. } => Some(header),
+            Inner::Jsonl { .. } => None,
+        }
+    }
 }
 
 impl Iterator for Lines {
@@ -101,18 +125,27 @@ impl Iterator for Lines {
         match &mut self.inner {
             Inner::Jsonl { reader, number, buffer } => loop {
                 buffer.clear();
-                match reader.read_until(b'\n', buffer) {
+                let mut line_bytes = match reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buffer) {
                     Ok(0) => return None,
-                    Ok(n) => {
-                        self.consumed += n as u64;
-                        *number += 1;
-                    }
+                    Ok(n) => n as u64,
                     Err(e) => return Some(Err(e)),
+                };
+                let mut newline = buffer.last() == Some(&b'\n');
+                let too_long = buffer.len() - usize::from(newline) > MAX_LINE_BYTES;
+                if too_long && !newline {
+                    // Too long to hold: the rest of the line is skipped, not read into memory.
+                    match skip_line(reader) {
+                        Ok((skipped, ended)) => (line_bytes, newline) = (line_bytes + skipped, ended),
+                        Err(e) => return Some(Err(e)),
+                    }
                 }
-                let mut bytes = buffer.as_slice();
-                if *number == 1 {
-                    bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+                self.consumed += line_bytes;
+                *number += 1;
+                if too_long {
+                    let bytes = line_bytes - u64::from(newline);
+                    return Some(Ok(Line { number: *number, content: Err(LineError::TooLong { bytes, max: MAX_LINE_BYTES }) }));
                 }
+                let bytes = without_bom(buffer);
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -139,13 +172,130 @@ impl Iterator for Lines {
     }
 }
 
-/// Parses one JSON Lines line as an object.
+/// Skips the rest of a line: the bytes consumed, and whether a newline ended them (not at
+/// the end of the file).
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<(u64, bool)> {
+    let mut skipped = 0;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok((skipped, false));
+        }
+        match available.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok((skipped + at as u64 + 1, true));
+            }
+            None => {
+                let all = available.len();
+                reader.consume(all);
+                skipped += all as u64;
+            }
+        }
+    }
+}
+
+/// `bytes` without a leading UTF-8 byte-order mark, which Windows tools write (and .NET's
+/// `Encoding.UTF8` puts before a message body): ignored at the start of every line and body.
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
+}
+
+/// Parses one JSON Lines line (or message body) as an object, ignoring a byte-order mark
+/// before it. Numbers keep their exact text; an object anywhere in it that names a field
+/// twice is refused.
 pub fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, LineError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| LineError::NotUtf8(e.valid_up_to() + 1))?;
+    let text = std::str::from_utf8(without_bom(bytes)).map_err(|e| LineError::NotUtf8(e.valid_up_to() + 1))?;
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => {
+            unique_keys::check(text)?;
+            Ok(map)
+        }
         Ok(other) => Err(LineError::NotObject(excerpt(&other.to_string()))),
         Err(e) => Err(LineError::NotJson(e.to_string())),
+    }
+}
+
+/// A second pass over a JSON text that only looks at the field names of each object
+/// (`serde_json` keeps the last of two equal names, silently).
+mod unique_keys {
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+    use super::LineError;
+    use crate::spec::field::excerpt;
+
+    /// Refuses `text` (valid JSON) if an object in it names a field twice.
+    pub fn check(text: &str) -> Result<(), LineError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        Names.deserialize(&mut deserializer).map_err(|e| match e.to_string().strip_prefix(DUPLICATE) {
+            Some(name) => LineError::DuplicateField(name.split(" at line ").next().unwrap_or(name).to_owned()),
+            None => LineError::NotJson(e.to_string()),
+        })
+    }
+
+    const DUPLICATE: &str = "duplicate field ";
+
+    struct Names;
+
+    impl<'de> DeserializeSeed<'de> for Names {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Names {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Names)?.is_some() {}
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                if seen.contains(name.as_ref()) {
+                    return Err(A::Error::custom(format!("{DUPLICATE}{}", excerpt(&name))));
+                }
+                map.next_value_seed(Names)?;
+                seen.insert(name);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -197,8 +347,19 @@ mod tests {
         assert_eq!(summary[1].0, 3);
         assert!(summary[1].1.as_ref().unwrap_err().starts_with("not valid JSON"));
         assert!(summary[2].1.as_ref().unwrap_err().starts_with("expected a JSON object"));
-        assert_eq!(summary[3], (5, Err("the line is not UTF-8 text (byte 1)".into())));
+        assert_eq!(summary[3], (5, Err("not UTF-8 text (byte 1)".into())));
         assert_eq!(summary[4], (6, Ok(1)));
+    }
+
+    #[test]
+    fn a_field_named_twice_is_refused_at_any_depth() {
+        let twice = parse_json_object(br#"{"data":{"stoin_cnt":"-5","x":1,"stoin_cnt":"10"}}"#).unwrap_err();
+        assert_eq!(twice, LineError::DuplicateField("stoin_cnt".into()), "{twice}");
+        assert!(parse_json_object(br#"{"a":1,"a":1}"#).is_err());
+        assert!(parse_json_object(br#"{"a":[{"b":1},{"b":2}],"c":{"b":3}}"#).is_ok(), "the same name in different objects");
+        assert!(parse_json_object(br#"{"a\u0062":1,"ab":2}"#).is_err(), "names compare after unescaping");
+        let number = parse_json_object(b"{\"n\":1.00000000000000001}").unwrap();
+        assert_eq!(number["n"].to_string(), "1.00000000000000001", "numbers keep their exact text");
     }
 
     #[test]
@@ -209,9 +370,12 @@ mod tests {
         let f = file(&bytes);
         let lines = read_all(f.path(), Format::Jsonl).unwrap();
         assert_eq!(lines.len(), 2);
-        let error = lines[0].content.as_ref().unwrap_err().to_string();
-        assert!(error.len() < 200, "{error}");
-        assert!(lines[1].content.is_ok());
+        assert_eq!(lines[0].content.as_ref().unwrap_err(), &LineError::TooLong { bytes: (10 << 20) + 6, max: MAX_LINE_BYTES });
+        assert_eq!((lines[1].number, lines[1].content.is_ok()), (2, true));
+        let mut at_the_limit = b"{\"a\":\"".to_vec();
+        at_the_limit.resize(MAX_LINE_BYTES - 2, b'x');
+        at_the_limit.extend(b"\"}\n");
+        assert!(read_all(file(&at_the_limit).path(), Format::Jsonl).unwrap()[0].content.is_ok());
     }
 
     #[test]

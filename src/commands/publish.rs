@@ -420,7 +420,7 @@ impl Report {
 
 /// Validates one line; the event to publish or its problems.
 fn prepare(path: &Path, line: &RawLine, institutions: Institutions) -> Result<Outgoing, InvalidEvent> {
-    let event = event::parse(&line.bytes, institutions)?;
+    let event = event::parse_at_most(&line.bytes, event::MAX_EVENT_BYTES, institutions)?;
     let infno = event.record.infno();
     let routing_key =
         if event.fixmedins_code.is_empty() { infno.to_string() } else { format!("{infno}.{}", event.fixmedins_code) };

@@ -42,7 +42,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<u8> {
     let codes: Vec<&str> = config.iter().flat_map(|c| c.institutions.iter().map(|i| i.fixmedins_code.as_str())).collect();
     let institutions = if config.is_some() { Institutions::Known(&codes) } else { Institutions::Any };
 
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut valid, mut invalid) = (0u64, 0u64);
     for path in &args.files {
         let format = args.format.unwrap_or_else(|| Format::guess(path));
@@ -50,6 +50,20 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<u8> {
             anyhow::bail!("{}: CSV files hold records; say which transaction with --infno", path.display());
         }
         let lines = Lines::open(path, format).with_context(|| format!("cannot read {}", path.display()))?;
+        if let (Some(columns), Some(infno)) = (lines.columns(), args.infno) {
+            // The header is line 1: a column that is no field of the transaction (a file of
+            // garbage, the wrong --infno) would otherwise show only on rows, if there are any.
+            let unknown = Record::unknown_columns(infno, columns);
+            if columns.iter().all(String::is_empty) {
+                writeln!(out, "{}:1: the CSV header names no columns (expected the field names of {infno})", path.display())?;
+            }
+            for error in &unknown {
+                writeln!(out, "{}:1: column {}: {}", path.display(), error.field, error.rule)?;
+            }
+            if !unknown.is_empty() || columns.iter().all(String::is_empty) {
+                invalid += 1;
+            }
+        }
         for line in lines {
             let line = line.with_context(|| format!("cannot read {}", path.display()))?;
             let problems = match (line.content, args.infno) {
@@ -62,12 +76,16 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<u8> {
                 continue;
             }
             invalid += 1;
-            for problem in problems {
+            for problem in problems.iter().take(event::PROBLEMS_SHOWN) {
                 let field = if problem.field.is_empty() { String::new() } else { format!(" {}:", problem.field) };
                 writeln!(out, "{}:{}:{field} {}", path.display(), line.number, problem.reason)?;
+            }
+            if problems.len() > event::PROBLEMS_SHOWN {
+                writeln!(out, "{}:{}: and {} more problems", path.display(), line.number, problems.len() - event::PROBLEMS_SHOWN)?;
             }
         }
     }
     writeln!(out, "{} lines checked: {valid} valid, {invalid} invalid", valid + invalid)?;
+    out.flush()?;
     Ok(if invalid == 0 { EXIT_OK } else { EXIT_FAILED })
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -60,7 +60,7 @@ impl fmt::Display for Rule {
             Rule::Decimal => f.write_str(
                 "must be a non-negative decimal with at most 12 digits, 4 of them after the point",
             ),
-            Rule::DateTime => f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\")"),
+            Rule::DateTime => f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\") from the year 1900 on, without leap seconds"),
             Rule::Type => f.write_str("must be text or a number"),
             Rule::Unknown => f.write_str("is not a field of this transaction"),
             Rule::OtherKind(kind) => write!(f, "is a field of {kind} rows, not of this transaction"),
@@ -87,11 +87,23 @@ impl FieldError {
     }
 }
 
-/// Shortens text for an error message, so a 10 MB value never ends up in a log line.
+/// Shortens text for an error message, so a 10 MB value never ends up in a log line, and
+/// escapes control characters (`\n`, `\u{1b}`, ...), so that input echoed in a message
+/// can never start a line of its own or colour a terminal.
 pub fn excerpt(text: &str) -> String {
-    let mut chars = text.chars();
-    let head: String = chars.by_ref().take(EXCERPT_CHARS).collect();
-    if chars.next().is_some() { format!("{head}…") } else { head }
+    let mut shown = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == EXCERPT_CHARS {
+            shown.push('…');
+            break;
+        }
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 /// A platform time (`T`), sent as `yyyy-MM-dd HH:mm:ss`.
@@ -105,13 +117,17 @@ impl PlatformTime {
             text.len() == pattern.len()
                 && text.bytes().zip(pattern.bytes()).all(|(c, p)| if p == b'9' { c.is_ascii_digit() } else { c == p })
         };
-        if shape_ok("9999-99-99 99:99:99") {
-            NaiveDateTime::parse_from_str(text, TIME_FORMAT).ok().map(PlatformTime)
+        let time = if shape_ok("9999-99-99 99:99:99") {
+            NaiveDateTime::parse_from_str(text, TIME_FORMAT).ok()?
         } else if shape_ok("9999-99-99") {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(PlatformTime)
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?
         } else {
-            None
-        }
+            return None;
+        };
+        // chrono reads "23:59:60" as a leap second (nanoseconds past 10^9), which the
+        // platform's clock does not know; a year before 1900 is a typing error.
+        let real = time.year() >= FIRST_YEAR && time.nanosecond() < 1_000_000_000;
+        real.then_some(PlatformTime(time))
     }
 }
 
@@ -127,21 +143,31 @@ impl Serialize for PlatformTime {
     }
 }
 
+/// The earliest year a platform time may have.
+pub const FIRST_YEAR: i32 = 1900;
+
 /// Reads a `D` value: a non-negative decimal of at most 8 integer and 4 fraction digits,
-/// from a JSON number or a string of plain decimal notation.
+/// from a JSON number or a string of plain decimal notation. The digits are counted on the
+/// exact text (a JSON number token as it was written), before anything is rounded:
+/// `1.00000000000000001` has 17 fraction digits, however close it is to 1.
 pub fn parse_decimal(value: &Value) -> Option<Decimal> {
     let text = match value {
         Value::String(s) => s.trim().to_owned(),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
-    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
-    if !plain || text.starts_with('.') || text.ends_with('.') {
+    let (integer, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if integer.is_empty() || !digits(integer) || !digits(fraction) || (text.contains('.') && fraction.is_empty()) {
         return None;
     }
-    let number = text.parse::<Decimal>().ok()?.normalize();
-    let integer_digits = number.trunc().to_string().trim_start_matches('0').len() as u32;
-    (integer_digits <= DECIMAL_INTEGER_DIGITS && number.scale() <= DECIMAL_SCALE).then_some(number)
+    let integer = integer.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    if integer.len() > DECIMAL_INTEGER_DIGITS as usize || fraction.len() > DECIMAL_SCALE as usize {
+        return None;
+    }
+    let exact = format!("{}.{fraction}", if integer.is_empty() { "0" } else { integer });
+    Some(exact.parse::<Decimal>().ok()?.normalize())
 }
 
 /// Takes fields out of one JSON row, checking each against its rule and remembering every
@@ -266,6 +292,17 @@ mod tests {
         assert_eq!(dec(json!("99999999.9999")), Some("99999999.9999".into()));
         assert_eq!(dec(json!("1.50000")), Some("1.5".into()), "trailing zeros are not digits that count");
         assert_eq!(dec(json!("00012.5")), Some("12.5".into()));
+        assert_eq!(dec(json!(format!("{}1.5", "0".repeat(10_000)))), Some("1.5".into()), "leading zeros do not count");
+    }
+
+    #[test]
+    fn json_number_tokens_are_judged_on_their_exact_text() {
+        for (token, expected) in [("12.3400", Some("12.34")), ("1.00000000000000001", None), ("12.3400000000000001", None), ("1e2", None), ("1E2", None)] {
+            let number: Value = serde_json::from_str(token).unwrap();
+            assert_eq!(dec(number).as_deref(), expected, "{token}");
+        }
+        let long: Value = serde_json::from_str(&format!("0.{}1", "0".repeat(9_999))).unwrap();
+        assert_eq!(dec(long), None);
     }
 
     #[test]
@@ -284,6 +321,10 @@ mod tests {
             json!(true),
             json!({"v": 1}),
             json!("NaN"),
+            json!("0.00000000000000000000000000001"),
+            json!("1.00000000000000001"),
+            json!(format!("0.{}1", "0".repeat(9_999))),
+            json!("1.2.3"),
         ] {
             assert_eq!(dec(bad.clone()), None, "{bad} must be refused");
         }
@@ -293,7 +334,7 @@ mod tests {
     fn times_accept_full_times_and_bare_dates_only() {
         assert_eq!(PlatformTime::parse("2022-07-14 08:09:10").unwrap().to_string(), "2022-07-14 08:09:10");
         assert_eq!(PlatformTime::parse("2022-07-14").unwrap().to_string(), "2022-07-14 00:00:00");
-        for bad in ["2022-7-14", "2022-07-14T08:09:10", "2022-07-14 8:09:10", "2022-02-30", "2022-07-14 24:00:00", "", "20220714"] {
+        for bad in ["2022-7-14", "2022-07-14T08:09:10", "2022-07-14 8:09:10", "2022-02-30", "2022-07-14 24:00:00", "", "20220714", "2016-12-31 23:59:60", "0000-01-01", "1899-12-31 23:59:59"] {
             assert_eq!(PlatformTime::parse(bad), None, "{bad:?} must be refused");
         }
     }
@@ -335,6 +376,12 @@ mod tests {
         let mut r = FieldReader::new(row.as_object().unwrap());
         assert_eq!(r.text("n", 128).chars().count(), 128);
         assert!(r.finish(("", &[])).is_ok());
+    }
+
+    #[test]
+    fn echoed_input_never_carries_control_characters() {
+        assert_eq!(excerpt("a\nINFO forged\r\u{1b}[31m"), "a\\nINFO forged\\r\\u{1b}[31m");
+        assert_eq!(excerpt("药品"), "药品");
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl Session<'_> {
     /// Validates a delivery; an invalid one is dead-lettered, a valid one joins its lane
     /// (returning the lane's batch when it is full).
     fn intake(&self, tasks: &mut JoinSet<Done>, lanes: &mut Lanes<Delivery>, codes: &[&str], delivery: Delivery) -> Option<Batch<Delivery>> {
-        match event::parse(&delivery.data, Institutions::Known(codes)) {
+        match event::parse_at_most(&delivery.data, self.config.worker.max_event_bytes, Institutions::Known(codes)) {
             Ok(event) => {
                 let lane = LaneKey { fixmedins_code: event.fixmedins_code, infno: event.record.infno() };
                 lanes.add(lane, event.record, event.version, delivery)

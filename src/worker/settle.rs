@@ -314,8 +314,9 @@ impl Settler {
         let state = RetryState::of(delivery.properties.headers().as_ref());
         let now = Utc::now();
         let mut headers = own_headers(delivery);
+        let error = excerpt_long(error);
         put(&mut headers, header::REASON, text(reason.as_str()));
-        put(&mut headers, header::ERROR, text(&excerpt_long(error)));
+        put(&mut headers, header::ERROR, text(&error));
         if let Some(code) = return_code {
             put(&mut headers, header::RETURN_CODE, AMQPValue::LongLongInt(code.into()));
         }
@@ -404,9 +405,16 @@ fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Error texts in headers are kept to a readable size.
+/// The most characters of an error text in a header or a log line.
+const ERROR_CHARS: usize = 1000;
+
+/// Error texts in headers and log lines are kept to a readable size, saying how much was cut.
 fn excerpt_long(text: &str) -> String {
-    if text.chars().count() <= 1000 { text.to_owned() } else { format!("{}…", text.chars().take(1000).collect::<String>()) }
+    let count = text.chars().count();
+    if count <= ERROR_CHARS {
+        return text.to_owned();
+    }
+    format!("{}… ({} more characters)", text.chars().take(ERROR_CHARS).collect::<String>(), count - ERROR_CHARS)
 }
 
 /// Time until the next Beijing midnight, plus up to a minute of jitter so that a fleet
@@ -423,6 +431,14 @@ mod tests {
 
     fn time(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn long_error_texts_are_cut_and_say_by_how_much() {
+        assert_eq!(excerpt_long("short"), "short");
+        let cut = excerpt_long(&"x".repeat(1500));
+        assert!(cut.ends_with("… (500 more characters)"), "{}", &cut[990..]);
+        assert_eq!(cut.chars().filter(|c| *c == 'x').count(), ERROR_CHARS);
     }
 
     #[test]
