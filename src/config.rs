@@ -459,6 +459,19 @@ impl Institution {
     }
 }
 
+/// Refuses TOML that does not parse, saying where and what, but never quoting the line:
+/// the parser's own message shows it, and it may be a secret (`auth_code = "AUTH…` with its
+/// closing quote missing).
+fn check_syntax(text: &str) -> Result<(), ConfigError> {
+    let Err(error) = text.parse::<toml::Table>() else { return Ok(()) };
+    let at = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let what = error.message().lines().next().unwrap_or("invalid TOML").trim_end_matches('.');
+    Err(ConfigError::Invalid(format!("TOML syntax error at line {line}, column {column}: {what} (the line is not shown: it may hold a secret)")))
+}
+
 impl Config {
     /// Loads the file at `path` (or the one named by `ELS_BRIDGE_CONFIG`), applies the
     /// environment's overrides, reads secret files and checks the result.
@@ -471,6 +484,7 @@ impl Config {
 
     /// Builds the configuration from TOML text and `ELS_BRIDGE__*` overrides in `env`.
     pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        check_syntax(text)?;
         let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
         let file = config::File::from_str(text, config::FileFormat::Toml);
         let (institution_env, section_env): (Vec<_>, Vec<_>) = env
@@ -705,6 +719,12 @@ mod tests {
     fn mistakes_are_reported_with_the_key() {
         let typo = TOML.replace("[platform]", "[platform]\ntimeout = 5");
         assert!(Config::from_toml(&typo, env(&[])).unwrap_err().to_string().contains("timeout"));
+        for broken in [r#"auth_code = "AUTHSECRET-12345"#, "auth_code = 0012345"] {
+            let toml = TOML.replace(r#"auth_code = "auth""#, broken);
+            let error = Config::from_toml(&toml, env(&[])).unwrap_err().to_string();
+            assert!(!error.contains("AUTHSECRET") && !error.contains("0012345"), "{error}");
+            assert!(error.contains("TOML syntax error at line"), "{error}");
+        }
         let err = Config::from_toml(TOML, env(&[("ELS_BRIDGE__INSTITUTIONS__NOPE__AUTH_CODE", "x")])).unwrap_err();
         assert!(err.to_string().contains("NOPE"), "{err}");
         let short = TOML.replace("H32128200338", "H321");

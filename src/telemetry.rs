@@ -115,7 +115,7 @@ pub fn init() -> Telemetry {
             .with_tracer(provider.tracer("els-bridge"))
             .with_filter(Targets::new().with_target("els_bridge", Level::INFO))
     });
-    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    tracing_subscriber::registry().with(logs.with_filter(filter).with_filter(without_secrets())).with(spans).init();
     for problem in problems {
         tracing::warn!("OpenTelemetry: {problem}");
     }
@@ -123,6 +123,21 @@ pub fn init() -> Telemetry {
         tracing::debug!(endpoint, "exporting spans over OTLP/HTTP");
     }
     Telemetry { tracer, meter }
+}
+
+/// What no log may show, whatever `RUST_LOG` asks for: lapin's and amq-protocol's `trace`
+/// events print whole AMQP frames (the `Connection.StartOk` with the broker password, stream
+/// bodies with access tokens), lapin's warning about a returned message prints the message
+/// (this crate handles returns and says what was returned), and lapin's "Connection error"
+/// at ERROR comes with every clean close (this crate logs a lost connection itself).
+fn without_secrets() -> Targets {
+    Targets::new()
+        .with_default(Level::TRACE)
+        .with_target("lapin", Level::DEBUG)
+        .with_target("amq_protocol", Level::DEBUG)
+        .with_target("amq_protocol_types", Level::DEBUG)
+        .with_target("lapin::returned_messages", tracing::level_filters::LevelFilter::OFF)
+        .with_target("lapin::channels", tracing::level_filters::LevelFilter::OFF)
 }
 
 /// The SDK's resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, telemetry SDK),

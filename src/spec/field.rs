@@ -36,6 +36,9 @@ pub enum Rule {
     Unknown,
     /// A field of the other product kind, e.g. `mcs_code` on a drug row (code 14).
     OtherKind(&'static str),
+    /// Text with a control character (NUL, a line break, an escape): no name, code or
+    /// specification has one; it is a corrupted or forged value (code 14).
+    ControlCharacter,
 }
 
 impl Rule {
@@ -62,6 +65,7 @@ impl fmt::Display for Rule {
             ),
             Rule::DateTime => f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\") from the year 1900 on, without leap seconds"),
             Rule::Type => f.write_str("must be text or a number"),
+            Rule::ControlCharacter => f.write_str("must not contain control characters (NUL, line breaks, tabs, escapes)"),
             Rule::Unknown => f.write_str("is not a field of this transaction"),
             Rule::OtherKind(kind) => write!(f, "is a field of {kind} rows, not of this transaction"),
         }
@@ -211,6 +215,10 @@ impl<'a> FieldReader<'a> {
         };
         if text.chars().count() > max {
             self.fail(name, Rule::MaxLength(max), Some(value));
+            return None;
+        }
+        if text.chars().any(char::is_control) {
+            self.fail(name, Rule::ControlCharacter, Some(value));
             return None;
         }
         Some(text)
@@ -376,6 +384,16 @@ mod tests {
         let mut r = FieldReader::new(row.as_object().unwrap());
         assert_eq!(r.text("n", 128).chars().count(), 128);
         assert!(r.finish(("", &[])).is_ok());
+    }
+
+    #[test]
+    fn text_with_a_control_character_is_refused() {
+        for bad in ["a\u{0}b", "line\nbreak", "tab\there", "\u{1b}[31m", "a\u{85}b"] {
+            let row = json!({"name": bad});
+            let mut reader = FieldReader::new(row.as_object().unwrap());
+            assert_eq!(reader.optional_text("name", 50), None, "{bad:?}");
+            assert_eq!(reader.errors[0].rule, Rule::ControlCharacter);
+        }
     }
 
     #[test]

@@ -28,12 +28,17 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `els-bridge worker --config CONFIG`, logging to a file beside the config.
     pub fn start(config: &Path, name: &str) -> WorkerProcess {
+        Self::start_logging(config, name, "info,els_bridge=debug")
+    }
+
+    /// [`WorkerProcess::start`] with `RUST_LOG` set to `levels`.
+    pub fn start_logging(config: &Path, name: &str, levels: &str) -> WorkerProcess {
         let log = config.with_file_name(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create the worker log");
         let child = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
             .args(["worker", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,els_bridge=debug")
+            .env("RUST_LOG", levels)
             .env_remove("ELS_BRIDGE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,6 +86,18 @@ impl WorkerProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The most memory the worker has held so far (`VmHWM`, its peak resident set), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("worker still running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the worker's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
     }
 
     /// Kills the worker with SIGKILL.
