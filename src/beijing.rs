@@ -51,6 +51,14 @@ pub fn next_midnight(instant: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// Time until the next Beijing midnight, plus up to a minute of jitter so that a fleet
+/// held until then (the daily call limit) does not start again in one burst.
+pub fn until_next_midnight_with_jitter() -> std::time::Duration {
+    let now = Utc::now();
+    let wait = (next_midnight(now) - now).to_std().unwrap_or_default();
+    wait + std::time::Duration::from_millis(rand::random_range(0..60_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

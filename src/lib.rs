@@ -10,6 +10,7 @@ pub mod beijing;
 pub mod broker;
 pub mod commands;
 pub mod config;
+pub mod contract;
 pub mod dlq;
 pub mod event;
 pub mod input;

@@ -21,7 +21,7 @@ use crate::beijing;
 use crate::broker;
 use crate::config::{AmqpSettings, Config};
 use crate::dlq::filter::parse_time;
-use crate::dlq::letter::rfc3339;
+use crate::contract::rfc3339;
 use crate::dlq::reader::Taken;
 use crate::dlq::replay::{Outcome, republish};
 use crate::dlq::{DeadLetter, Filter, Reader, Reason, Replayer, Stats};

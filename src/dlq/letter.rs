@@ -3,24 +3,14 @@
 //! (transaction, institution, record key). Reading never fails: a header that is missing
 //! or of an unexpected type is simply absent, a body that is not JSON is kept as text.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::spec::Infno;
-use crate::worker::settle::{self, header};
-
-/// Headers this module reads or writes besides those of contract §2.
-pub mod stamp {
-    /// How many times the message was replayed from the dead-letter queue.
-    pub const REPLAYED: &str = "x-els-replayed";
-    /// When it was last replayed (RFC 3339).
-    pub const REPLAYED_AT: &str = "x-els-replayed-at";
-    /// The broker's count of earlier deliveries of the message (quorum queues).
-    pub const DELIVERY_COUNT: &str = "x-delivery-count";
-}
+use crate::contract::{self, header, rfc3339};
 
 /// Why a message is in the dead-letter queue (`x-els-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -39,11 +29,10 @@ pub enum Reason {
 impl Reason {
     /// The reason named by a header value.
     pub fn of(text: Option<&str>) -> Reason {
-        let known = [settle::Reason::Invalid, settle::Reason::Rejected, settle::Reason::Exhausted];
-        match known.into_iter().find(|r| Some(r.as_str()) == text) {
-            Some(settle::Reason::Invalid) => Reason::Invalid,
-            Some(settle::Reason::Rejected) => Reason::Rejected,
-            Some(settle::Reason::Exhausted) => Reason::Exhausted,
+        match text.and_then(contract::Reason::of) {
+            Some(contract::Reason::Invalid) => Reason::Invalid,
+            Some(contract::Reason::Rejected) => Reason::Rejected,
+            Some(contract::Reason::Exhausted) => Reason::Exhausted,
             None => Reason::Other,
         }
     }
@@ -139,9 +128,9 @@ impl DeadLetter {
             attempts: integer(headers, header::ATTEMPTS),
             first_failed_at: time(headers, header::FIRST_FAILED_AT),
             last_failed_at: time(headers, header::LAST_FAILED_AT),
-            replayed: integer(headers, stamp::REPLAYED).unwrap_or(0),
-            replayed_at: time(headers, stamp::REPLAYED_AT),
-            delivery_count: integer(headers, stamp::DELIVERY_COUNT),
+            replayed: integer(headers, header::REPLAYED).unwrap_or(0),
+            replayed_at: time(headers, header::REPLAYED_AT),
+            delivery_count: integer(headers, header::DELIVERY_COUNT),
             infno,
             institution,
             key,
@@ -185,11 +174,6 @@ impl DeadLetter {
             "record": self.record(),
         })
     }
-}
-
-/// An instant as RFC 3339 in UTC with milliseconds, like the worker writes them.
-pub fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn value<'h>(headers: Option<&'h FieldTable>, name: &str) -> Option<&'h AMQPValue> {

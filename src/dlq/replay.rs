@@ -16,11 +16,12 @@ use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 
-use super::letter::{DeadLetter, rfc3339, stamp};
+use super::letter::DeadLetter;
+use crate::contract::rfc3339;
 use super::reader::{Reader, Taken, is_not_found};
 use super::DlqError;
 use crate::broker::publisher::copy_properties;
-use crate::worker::settle::header;
+use crate::contract::header;
 
 /// Headers removed from a replayed copy: the dead-letter headers of contract §2, the
 /// retry state, and what the broker adds when it dead-letters or redelivers.
@@ -32,7 +33,7 @@ pub const RESET_HEADERS: [&str; 17] = [
     header::FIRST_FAILED_AT,
     header::LAST_FAILED_AT,
     header::PARKED_UNTIL,
-    stamp::DELIVERY_COUNT,
+    header::DELIVERY_COUNT,
     "x-acquired-count",
     "x-death",
     "x-first-death-exchange",
@@ -64,13 +65,13 @@ pub fn republish(letter: &DeadLetter, properties: &BasicProperties, carried_rout
     let mut headers = properties.headers().clone().unwrap_or_default();
     let mut kept = FieldTable::default();
     for (name, value) in headers.inner() {
-        if !RESET_HEADERS.contains(&name.as_str()) && name.as_str() != stamp::REPLAYED && name.as_str() != stamp::REPLAYED_AT {
+        if !RESET_HEADERS.contains(&name.as_str()) && name.as_str() != header::REPLAYED && name.as_str() != header::REPLAYED_AT {
             kept.insert(name.clone(), value.clone());
         }
     }
     headers = kept;
-    headers.insert(ShortString::from(stamp::REPLAYED), AMQPValue::LongLongInt(letter.replayed.saturating_add(1)));
-    headers.insert(ShortString::from(stamp::REPLAYED_AT), AMQPValue::LongString(LongString::from(rfc3339(now))));
+    headers.insert(ShortString::from(header::REPLAYED), AMQPValue::LongLongInt(letter.replayed.saturating_add(1)));
+    headers.insert(ShortString::from(header::REPLAYED_AT), AMQPValue::LongString(LongString::from(rfc3339(now))));
 
     let copy = copy_properties(properties, headers).with_delivery_mode(2);
     let routing_key = letter.routing_key().unwrap_or_else(|| carried_routing_key.to_owned());

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use super::letter::{DeadLetter, Reason, rfc3339};
+use super::letter::{DeadLetter, Reason};
+use crate::contract::rfc3339;
 use crate::beijing;
 
 /// Shown for a transaction or institution the body does not name.

@@ -26,7 +26,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::worker::settle::RetryState;
+use crate::contract::RetryState;
 
 /// Links one upload span may carry (the SDK's default span limit).
 pub const MAX_LINKS: usize = 128;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::retry::Backoff;
 
-use super::settle::until_beijing_midnight;
 
 /// Transient failures in a row after which an institution is held as failing.
 pub const FAILURES_TO_HOLD: u32 = 3;
@@ -111,7 +110,7 @@ impl Holds {
 
     /// Holds the institution until Beijing midnight (daily call limit); returns the wait.
     pub fn hold_until_midnight(&self, institution: &str) -> Duration {
-        let wait = until_beijing_midnight();
+        let wait = crate::beijing::until_next_midnight_with_jitter();
         tracing::error!(%institution, hours = wait.as_secs() / 3600, "the daily call limit is reached: holding this institution's records until Beijing midnight");
         let reason = "daily call limit reached (returnCode 11); resumes after Beijing midnight".to_owned();
         let hold = Hold { kind: Kind::DailyLimit, reason, until: Instant::now() + wait, probes: 0 };
