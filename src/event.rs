@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::input::{LineError, parse_json_object};
+use crate::input::{self, LineError, parse_json_object};
 use crate::spec::field::excerpt;
 use crate::spec::{Infno, Record, RecordErrors};
 
@@ -186,6 +186,34 @@ pub fn from_object(object: &Map<String, Value>, institutions: Institutions) -> R
     }
 }
 
+/// What an event body says about where it belongs, as far as it can be told without
+/// validating it (for metrics labels of events that may be invalid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// A configured institution it names, or the only one when it names none.
+    pub institution: Option<String>,
+    /// The upload transaction it names.
+    pub infno: Option<Infno>,
+}
+
+/// The labels of an event body, for an institution among `known` (the same rule as
+/// [`parse`]: with exactly one configured, an event may omit it).
+pub fn labels(body: &[u8], known: &[String]) -> Labels {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        infno: Option<Value>,
+        fixmedins_code: Option<Value>,
+    }
+    let head = serde_json::from_slice::<Head>(input::without_bom(body)).ok();
+    let infno = head.as_ref().and_then(|h| h.infno.as_ref()?.as_str()?.parse::<Infno>().ok()).filter(|i| i.is_upload());
+    let institution = match head.as_ref().map(|h| h.fixmedins_code.as_ref()) {
+        Some(None | Some(Value::Null)) if known.len() == 1 => Some(known[0].clone()),
+        Some(Some(Value::String(code))) => known.iter().find(|k| *k == code).cloned(),
+        _ => None,
+    };
+    Labels { institution, infno }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +268,16 @@ mod tests {
         let message = err.to_string();
         assert!(message.ends_with("; and 9980 more problems"), "{message}");
         assert!(message.len() < 3_000, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn labels_name_only_configured_institutions_and_upload_transactions() {
+        let known = ["H32128200338".to_owned()];
+        let named = labels(br#"{"infno":"ELS7003","fixmedins_code":"H32128200338","data":1}"#, &known);
+        assert_eq!(named, Labels { institution: Some(known[0].clone()), infno: Some(Infno::Els7003) });
+        assert_eq!(labels(br#"{"infno":"ELS7001"}"#, &known), Labels { institution: Some(known[0].clone()), infno: None }, "the only one");
+        assert_eq!(labels(br#"{"fixmedins_code":"H00000000000"}"#, &known).institution, None);
+        assert_eq!(labels(b"not json", &known), Labels { institution: None, infno: None });
     }
 
     #[test]

@@ -197,7 +197,7 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<(u64, bool)> {
 
 /// `bytes` without a leading UTF-8 byte-order mark, which Windows tools write (and .NET's
 /// `Encoding.UTF8` puts before a message body): ignored at the start of every line and body.
-fn without_bom(bytes: &[u8]) -> &[u8] {
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
 }
 

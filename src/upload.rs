@@ -6,6 +6,8 @@
 //! What to do about failures that are not about the data (retry later, hold the
 //! institution) is the caller's decision: those rows come back [`Settled::Unsettled`].
 
+pub mod claimed;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -32,7 +32,7 @@ use crate::broker;
 use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, TokenStore, Tokens};
 use crate::retry::Backoff;
 use crate::spec::{Infno, Record};
-use crate::upload::{Row, Settled, Uploader};
+use crate::upload::{Row, Settled, Uploader, claimed};
 
 /// Options of `els-bridge send`.
 #[derive(Debug, clap::Args)]
@@ -344,7 +344,7 @@ impl Sender<'_> {
                 Err(message) => vec![Settled::Unsettled { rows, outcome: Outcome::Transient { code: None, message } }],
                 Ok(()) => match &self.shared.ledger {
                     Some(ledger) => {
-                        let claimed = ledger.upload(&self.uploader, self.institution, infno, rows, &mut self.tally.calls).await;
+                        let claimed = claimed::upload(ledger, &self.uploader, self.institution, infno, rows, &mut self.tally.calls).await;
                         self.tally.superseded += claimed.superseded.len() as u64;
                         claimed.settled
                     }

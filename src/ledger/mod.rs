@@ -70,10 +70,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::BrokerError;
 use crate::broker::log::{Fold, LogError, LogSettings, StreamLog, nonce};
 use crate::broker::presence;
-use crate::config::{Institution, LedgerSettings};
-use crate::platform::Outcome;
+use crate::config::LedgerSettings;
 use crate::spec::{Infno, Record};
-use crate::upload::{Row, Settled, Uploader};
 
 pub use fingerprint::Fingerprint;
 pub use index::Index;
@@ -217,15 +215,6 @@ pub trait Provenance {
     }
 }
 
-/// The result of a claimed upload.
-#[derive(Debug)]
-pub struct Claimed<T> {
-    /// Rows not sent: a newer version was uploaded or claimed first.
-    pub superseded: Vec<Row<T>>,
-    /// What became of the rows sent; accepted ones are recorded in the ledger.
-    pub settled: Vec<Settled<T>>,
-}
-
 /// A new holder queue's name for `prefix`.
 fn holder_queue_name(prefix: &str) -> String {
     format!("{prefix}.ledger.holder.{}", nonce())
@@ -327,65 +316,15 @@ impl Ledger {
         self.log.append_confirmed(Entry::Release { claim }).await
     }
 
-    /// Uploads `rows` of one institution and transaction under a claim: waits for earlier
-    /// claims on their keys, leaves out superseded rows, records a receipt of every
-    /// accepted call before returning, and releases the claim. If the ledger fails, the
-    /// rows come back unsettled as a transient failure (sent again later, which is
-    /// harmless for the same version).
-    pub async fn upload<T: Provenance>(&self, uploader: &Uploader, institution: &Institution, infno: Infno, rows: Vec<Row<T>>, calls: &mut u64) -> Claimed<T> {
-        let failed = |error: LogError| Outcome::Transient { code: None, message: format!("the receipts ledger is not available: {error}") };
-        let code = &institution.fixmedins_code;
-        let keys = rows.iter().map(|r| (r.record.key().to_owned(), r.source.version())).collect();
-        let copies: Vec<Option<Fingerprint>> = rows.iter().map(|r| r.source.fingerprint().filter(|_| r.source.may_be_a_copy())).collect();
-        let (claim, turns) = match self.claim(code, infno, keys, &copies).await {
-            Ok(claimed) => claimed,
-            Err(error) => return Claimed { superseded: Vec::new(), settled: vec![Settled::Unsettled { rows, outcome: failed(error) }] },
-        };
-        let (go, superseded): (Vec<_>, Vec<_>) = rows.into_iter().zip(turns).partition(|(_, turn)| *turn == Turn::Go);
-        let superseded = superseded.into_iter().map(|(row, _)| row).collect();
-        let sent = self.renewing(&claim, uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls)).await;
-        let mut settled = Vec::with_capacity(sent.len());
-        for group in sent {
-            let Settled::Accepted { rows, msgid, return_code } = group else {
-                settled.push(group);
-                continue;
-            };
-            let receipt = Receipt {
-                claim: claim.clone(),
-                institution: code.clone(),
-                infno,
-                msgid: msgid.clone(),
-                return_code,
-                at: Utc::now(),
-                rows: rows.iter().map(|r| ReceiptRow::of(&r.record, &r.source)).collect(),
-            };
-            match self.receipt(receipt).await {
-                Ok(()) => settled.push(Settled::Accepted { rows, msgid, return_code }),
-                Err(error) => settled.push(Settled::Unsettled { rows, outcome: failed(error) }),
-            }
-        }
-        if let Err(error) = self.release(claim).await {
-            tracing::warn!(institution = %code, "could not release a ledger claim (it expires by itself): {error}");
-        }
-        Claimed { superseded, settled }
+    /// Renews a claim whose upload is still under way (confirmed by the broker, not read
+    /// back), so that no other replica takes it for abandoned.
+    pub async fn renew(&self, claim: &str) -> Result<(), LogError> {
+        self.log.append_confirmed(Entry::Renew { claim: claim.to_owned() }).await
     }
 
-    /// Runs `upload`, renewing `claim` every third of the claim TTL while it lasts, so that
-    /// no other replica takes a long upload (a bisection of many calls) for abandoned.
-    async fn renewing<R>(&self, claim: &str, upload: impl Future<Output = R>) -> R {
-        let every = self.claim_ttl / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tokio::pin!(upload);
-        loop {
-            tokio::select! {
-                done = &mut upload => return done,
-                _ = renew.tick() => {
-                    if let Err(error) = self.log.append_confirmed(Entry::Renew { claim: claim.to_owned() }).await {
-                        tracing::warn!("could not renew a ledger claim (another replica may take its keys once it expires): {error}");
-                    }
-                }
-            }
-        }
+    /// `ledger.claim_ttl_secs`: a claim must be renewed well within it.
+    pub fn claim_ttl(&self) -> Duration {
+        self.claim_ttl
     }
 
     /// How long appending a claim has taken of late (a moving average; zero before the

@@ -9,6 +9,7 @@
 //! process (holding the store's refresh lock) fetches a new one; never send a token with
 //! less than [`MIN_USABLE`] left.
 
+use crate::telemetry::metrics::TokenAnswer;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -185,24 +186,36 @@ impl Tokens {
             return Ok(token.clone());
         }
         let Call { msgid, outcome } = self.client.fetch_token(institution).await;
-        crate::telemetry::metrics::token_requested(code, &outcome);
         let usable_stored = stored.filter(|t| t.remaining(Utc::now()) > MIN_USABLE);
+        let answered = |result| crate::telemetry::metrics::token_requested(code, result);
         match outcome {
             Outcome::Accepted(data) => match read_token(&data) {
                 Some(token) => {
+                    answered(TokenAnswer::Issued);
                     tracing::info!(institution = %code, %msgid, expires_at = %beijing::format(token.expires_at), "fetched a new access token");
                     self.store.replace(code, &token).await?;
                     Ok(token)
                 }
                 // "1 without accessToken" means another caller holds a valid token.
                 None if data.get("accessToken").is_none_or(|v| v.as_str().is_none_or(str::is_empty)) => {
+                    answered(TokenAnswer::NotIssued);
                     usable_stored.ok_or_else(|| TokenError::HeldElsewhere(code.clone()))
                 }
-                None => Err(TokenError::Malformed(code.clone())),
+                None => {
+                    // A token came, with an expiry that cannot be read.
+                    answered(TokenAnswer::Issued);
+                    Err(TokenError::Malformed(code.clone()))
+                }
             },
             // The platform's clock sees more than 5 minutes left: keep using ours.
-            Outcome::TokenStillValid => usable_stored.ok_or_else(|| TokenError::HeldElsewhere(code.clone())),
-            other => Err(TokenError::Platform(other)),
+            Outcome::TokenStillValid => {
+                answered(TokenAnswer::NotIssued);
+                usable_stored.ok_or_else(|| TokenError::HeldElsewhere(code.clone()))
+            }
+            other => {
+                answered(TokenAnswer::Failed);
+                Err(TokenError::Platform(other))
+            }
         }
     }
 

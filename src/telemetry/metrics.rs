@@ -35,13 +35,9 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, UpDownCounter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use serde_json::Value;
 
 use crate::platform::Outcome;
 use crate::spec::Infno;
-use crate::upload::Row;
-use crate::worker::health::Health;
-use crate::worker::lanes::Carried;
 
 /// `outcome` of `els_records_total` for settlements that are not dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,9 +123,11 @@ pub fn render() -> String {
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the observable gauges read: the worker's health and its institutions.
+/// What the observable gauges read: the institutions held now, whether the worker
+/// consumes, and the worker's institutions.
 struct Watched {
-    health: Health,
+    held: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    consuming: Box<dyn Fn() -> bool + Send + Sync>,
     institutions: Vec<String>,
 }
 
@@ -204,9 +202,9 @@ impl Instruments {
                 .with_description("1 while the institution's records are held (configuration problem or daily call limit)")
                 .with_callback(|observer| {
                     if let Some(watched) = WATCHED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                        let held = watched.health.held();
+                        let held = (watched.held)();
                         for code in &watched.institutions {
-                            let value = u64::from(held.iter().any(|(held, _)| held == code));
+                            let value = u64::from(held.contains(code));
                             observer.observe(value, &[KeyValue::new("institution", code.clone())]);
                         }
                     }
@@ -223,7 +221,7 @@ impl Instruments {
                 .with_description("1 while the worker consumes the work queue")
                 .with_callback(|observer| {
                     if let Some(watched) = WATCHED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                        observer.observe(u64::from(watched.health.is_consuming()), &[]);
+                        observer.observe(u64::from((watched.consuming)()), &[]);
                     }
                 })
                 .build(),
@@ -239,9 +237,14 @@ fn infno(infno: Infno) -> KeyValue {
     KeyValue::new("infno", infno.as_str())
 }
 
-/// Starts the worker's gauges and sets every counter of its institutions to 0, so that
+/// Starts the worker's gauges (`held` says which institutions are held now, `consuming`
+/// whether the worker consumes) and sets every counter of its institutions to 0, so that
 /// series exist (and rates work) before the first event.
-pub fn watch(health: Health, institutions: Vec<String>) {
+pub fn watch(
+    held: impl Fn() -> Vec<String> + Send + Sync + 'static,
+    consuming: impl Fn() -> bool + Send + Sync + 'static,
+    institutions: Vec<String>,
+) {
     let metrics = &*INSTRUMENTS;
     for code in &institutions {
         for transaction in Infno::UPLOADS {
@@ -255,24 +258,20 @@ pub fn watch(health: Health, institutions: Vec<String>) {
     for reason in DEAD_LETTER_REASONS {
         metrics.dead_letters.add(0, &[KeyValue::new("reason", reason)]);
     }
-    *WATCHED.write().unwrap_or_else(|e| e.into_inner()) = Some(Watched { health, institutions });
+    *WATCHED.write().unwrap_or_else(|e| e.into_inner()) = Some(Watched { held: Box::new(held), consuming: Box::new(consuming), institutions });
 }
 
-/// Rows accepted by the platform: each row's record counts as uploaded, the other
-/// deliveries of its key (older versions merged into the same row) as superseded.
-pub fn accepted<T>(code: &str, rows: &[Row<Carried<T>>]) {
-    for row in rows {
-        let transaction = row.record.infno();
-        add_records(code, transaction, RecordOutcome::Uploaded, 1);
-        add_records(code, transaction, RecordOutcome::Superseded, row.source.deliveries.len().saturating_sub(1));
-    }
+/// Records of the institution's `transaction` accepted by the platform: `uploaded` events
+/// whose record was sent, `superseded` ones merged into them (older versions of the same
+/// keys).
+pub fn accepted(code: &str, transaction: Infno, uploaded: usize, superseded: usize) {
+    add_records(code, transaction, RecordOutcome::Uploaded, uploaded);
+    add_records(code, transaction, RecordOutcome::Superseded, superseded);
 }
 
-/// Rows whose every delivery is settled as superseded.
-pub fn superseded<T>(code: &str, rows: &[Row<Carried<T>>]) {
-    for row in rows {
-        add_records(code, row.record.infno(), RecordOutcome::Superseded, row.source.deliveries.len());
-    }
+/// `count` events of the institution's `transaction` settled as superseded.
+pub fn superseded(code: &str, transaction: Infno, count: usize) {
+    add_records(code, transaction, RecordOutcome::Superseded, count);
 }
 
 fn add_records(code: &str, transaction: Infno, outcome: RecordOutcome, count: usize) {
@@ -282,26 +281,37 @@ fn add_records(code: &str, transaction: Infno, outcome: RecordOutcome, count: us
     }
 }
 
-/// A message is in the dead-letter queue (`reason`: invalid, rejected, exhausted); `body`
-/// is the event, read for its institution and transaction.
-pub fn dead_lettered(body: &[u8], reason: &'static str) {
-    let (code, transaction) = event_labels(body);
+/// A message is in the dead-letter queue (`reason`: invalid, rejected, exhausted); its
+/// event names the institution `code` and `transaction` if they can be told.
+pub fn dead_lettered(code: Option<&str>, transaction: Option<Infno>, reason: &'static str) {
     INSTRUMENTS.dead_letters.add(1, &[KeyValue::new("reason", reason)]);
-    INSTRUMENTS.records.add(1, &[KeyValue::new("institution", code), KeyValue::new("infno", transaction), KeyValue::new("outcome", reason)]);
+    let labels = [KeyValue::new("institution", code.unwrap_or(UNKNOWN).to_owned()), KeyValue::new("infno", transaction.map_or(UNKNOWN, Infno::as_str)), KeyValue::new("outcome", reason)];
+    INSTRUMENTS.records.add(1, &labels);
 }
 
-/// A message is parked in a delay queue after a transient failure.
-pub fn parked_for_retry(body: &[u8]) {
-    let (code, _) = event_labels(body);
-    INSTRUMENTS.retries.add(1, &[KeyValue::new("institution", code)]);
+/// A message of the institution `code` (if its event names one that can be told) is parked
+/// in a delay queue after a transient failure.
+pub fn parked_for_retry(code: Option<&str>) {
+    INSTRUMENTS.retries.add(1, &[KeyValue::new("institution", code.unwrap_or(UNKNOWN).to_owned())]);
 }
 
-/// An ELS7001 call of the institution was answered with `outcome`.
-pub fn token_requested(code: &str, outcome: &Outcome) {
-    let result = match outcome {
-        Outcome::Accepted(data) if data.get("accessToken").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty()) => "issued",
-        Outcome::Accepted(_) | Outcome::TokenStillValid => "not_issued",
-        _ => "failed",
+/// What an ELS7001 call came to (the `result` of `els_token_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAnswer {
+    /// A new token was issued.
+    Issued,
+    /// The platform says a valid token exists (another holder has it).
+    NotIssued,
+    /// The call failed.
+    Failed,
+}
+
+/// An ELS7001 call of the institution was answered.
+pub fn token_requested(code: &str, answer: TokenAnswer) {
+    let result = match answer {
+        TokenAnswer::Issued => "issued",
+        TokenAnswer::NotIssued => "not_issued",
+        TokenAnswer::Failed => "failed",
     };
     INSTRUMENTS.token_refreshes.add(1, &[institution(code), KeyValue::new("result", result)]);
 }
@@ -363,31 +373,6 @@ fn return_code_label(code: Option<u32>) -> String {
         Some(code @ (1..=9 | 11..=17 | 28 | 30)) => code.to_string(),
         Some(_) => "other".to_owned(),
     }
-}
-
-/// The institution and transaction of an event body, as label values: a configured code
-/// (or the only one, when the event names none) and an upload transaction, else
-/// [`UNKNOWN`].
-fn event_labels(body: &[u8]) -> (String, &'static str) {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        infno: Option<Value>,
-        fixmedins_code: Option<Value>,
-    }
-    let head = serde_json::from_slice::<Head>(body).ok();
-    let transaction = head
-        .as_ref()
-        .and_then(|h| h.infno.as_ref()?.as_str()?.parse::<Infno>().ok())
-        .filter(|i| i.is_upload())
-        .map_or(UNKNOWN, Infno::as_str);
-    let watched = WATCHED.read().unwrap_or_else(|e| e.into_inner());
-    let known: &[String] = watched.as_ref().map_or(&[], |w| w.institutions.as_slice());
-    let code = match head.as_ref().map(|h| h.fixmedins_code.as_ref()) {
-        Some(None | Some(Value::Null)) if known.len() == 1 => Some(known[0].clone()),
-        Some(Some(Value::String(code))) => known.iter().find(|k| *k == code).cloned(),
-        _ => None,
-    };
-    (code.unwrap_or_else(|| UNKNOWN.to_owned()), transaction)
 }
 
 #[cfg(test)]

@@ -76,7 +76,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let backoff = Backoff::new(&config.retry);
     let holds = Holds::new(backoff);
     let health = Health::new(holds.clone());
-    crate::telemetry::metrics::watch(health.clone(), config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect());
+    let (held, consuming) = (health.clone(), health.clone());
+    crate::telemetry::metrics::watch(
+        move || held.held().into_iter().map(|(code, _)| code).collect(),
+        move || consuming.is_consuming(),
+        config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect(),
+    );
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| WorkerError::Listen { address: config.http.listen, source })?;
@@ -201,7 +206,8 @@ async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection
     let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))
         .map_err(|e| BrokerError::Setup(e.to_string()))?;
     let publisher = Publisher::open(connection).await?;
-    let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone());
+    let codes: Arc<[String]> = config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect();
+    let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone(), codes);
     let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
     let streams_lost = broker::log::any_lost(vec![store.lost(), ledger.lost()]);

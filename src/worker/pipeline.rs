@@ -14,7 +14,7 @@ use super::settle::{Settlement, Settler};
 use crate::config::Institution;
 use crate::ledger::{Fingerprint, Ledger, Provenance};
 use crate::spec::Infno;
-use crate::upload::{Row, Uploader};
+use crate::upload::{Row, Uploader, claimed};
 
 /// A row of a batch with its deliveries.
 pub type BatchRow = Row<Carried<Delivery>>;
@@ -60,7 +60,7 @@ impl Pipeline {
         }
         let mut calls = 0;
         let trace = crate::telemetry::trace::BatchTrace::of(rows.iter().flat_map(|r| r.source.deliveries.iter()));
-        let claimed = trace.scope(self.ledger.upload(&self.uploader, institution, infno, rows, &mut calls)).await;
+        let claimed = trace.scope(claimed::upload(&self.ledger, &self.uploader, institution, infno, rows, &mut calls)).await;
         let mut settlement = self.settler.superseded(code, &claimed.superseded);
         settlement.add(self.settler.settle(code, claimed.settled).await);
         settlement

@@ -17,6 +17,7 @@
 //! not take is tried again, then the original is handed back to the work queue (requeued:
 //! at least once, never lost, and never held until the broker's consumer timeout).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -30,6 +31,7 @@ use super::acks::Tag;
 use super::holds::Holds;
 use crate::broker::publisher::{copy_properties, fit_headers};
 use crate::contract::{Reason, RetryState, header, rfc3339};
+use crate::event;
 use crate::broker::{Publisher, Topology};
 use crate::platform::Outcome;
 use crate::retry::Backoff;
@@ -96,12 +98,14 @@ pub struct Settler {
     topology: Topology,
     backoff: Backoff,
     holds: Holds,
+    /// The configured institution codes, for the labels of events that may be invalid.
+    institutions: Arc<[String]>,
 }
 
 impl Settler {
     /// A settler publishing with `publisher` into `topology`.
-    pub fn new(publisher: Publisher, topology: Topology, backoff: Backoff, holds: Holds) -> Self {
-        Settler { publisher, topology, backoff, holds }
+    pub fn new(publisher: Publisher, topology: Topology, backoff: Backoff, holds: Holds, institutions: Arc<[String]>) -> Self {
+        Settler { publisher, topology, backoff, holds, institutions }
     }
 
     /// Settles every delivery of an upload of `institution` by its outcome (the table in
@@ -113,7 +117,10 @@ impl Settler {
                 Settled::Accepted { rows, msgid, .. } => {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
-                    crate::telemetry::metrics::accepted(institution, &rows);
+                    if let Some(first) = rows.first() {
+                        let merged: usize = rows.iter().map(|row| row.source.deliveries.len() - 1).sum();
+                        crate::telemetry::metrics::accepted(institution, first.record.infno(), rows.len(), merged);
+                    }
                     settlement.add(Settlement::acking(rows.iter().flat_map(|row| row.source.deliveries.iter())));
                 }
                 Settled::Refused { row, code, message } => {
@@ -154,7 +161,10 @@ impl Settler {
     /// Settles deliveries whose record is older than what was uploaded: to be acked,
     /// counted in the log, never an error.
     pub fn superseded(&self, institution: &str, rows: &[crate::upload::Row<Carried<Delivery>>]) -> Settlement {
-        crate::telemetry::metrics::superseded(institution, rows);
+        if let Some(first) = rows.first() {
+            let deliveries = rows.iter().map(|row| row.source.deliveries.len()).sum();
+            crate::telemetry::metrics::superseded(institution, first.record.infno(), deliveries);
+        }
         for row in rows {
             tracing::info!(%institution, key = row.record.key(), version = ?row.source.version, "superseded: a newer version of this record was uploaded");
         }
@@ -204,7 +214,8 @@ impl Settler {
         tracing::debug!(attempts, wait_ms = wait.as_millis() as u64, "retrying later: {outcome}");
         let moved = self.republish(delivery, &self.topology.delay_queue(wait), headers, Some(wait)).await;
         if moved == Moved::Copied {
-            crate::telemetry::metrics::parked_for_retry(&delivery.data);
+            let labels = event::labels(&delivery.data, &self.institutions);
+            crate::telemetry::metrics::parked_for_retry(labels.institution.as_deref());
         }
         moved
     }
@@ -237,7 +248,8 @@ impl Settler {
         let queue = self.topology.dead_letter_queue.clone();
         let moved = self.republish(delivery, &queue, headers, None).await;
         if moved == Moved::Copied {
-            crate::telemetry::metrics::dead_lettered(&delivery.data, reason.as_str());
+            let labels = event::labels(&delivery.data, &self.institutions);
+            crate::telemetry::metrics::dead_lettered(labels.institution.as_deref(), labels.infno, reason.as_str());
         }
         moved
     }
