@@ -164,7 +164,7 @@ impl Uploader {
                 *calls += 1;
                 let metric = crate::telemetry::metrics::upload_started(&institution.fixmedins_code, infno);
                 let this = self.client.upload(institution, infno, &token.value, batch.iter().map(|r| &r.record)).await;
-                metric.answered(batch.len(), &this.outcome);
+                metric.answered(batch.len(), this.outcome.kind(), this.outcome.return_code());
                 tracing::Span::current().record("msgid", this.msgid.as_str());
                 if let Some(code) = this.outcome.return_code() {
                     tracing::Span::current().record("return_code", code);

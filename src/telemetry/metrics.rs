@@ -36,7 +36,6 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, Obse
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-use crate::platform::Outcome;
 use crate::spec::Infno;
 
 /// `outcome` of `els_records_total` for settlements that are not dead letters.
@@ -332,14 +331,15 @@ pub fn upload_started(code: &str, transaction: Infno) -> UploadCall {
 }
 
 impl UploadCall {
-    /// The call with `rows` rows was answered with `outcome`.
-    pub fn answered(self, rows: usize, outcome: &Outcome) {
+    /// The call with `rows` rows was answered: `kind` is the classified answer
+    /// (`accepted`, `duplicate`, ...), `return_code` the platform's code if it gave one.
+    pub fn answered(self, rows: usize, kind: &'static str, return_code: Option<u32>) {
         let metrics = &*INSTRUMENTS;
         metrics.upload_duration.record(self.started.elapsed().as_secs_f64(), &self.labels);
         metrics.batch_rows.record(rows as u64, &self.labels);
         let mut labels = self.labels.to_vec();
-        labels.push(KeyValue::new("outcome", outcome.kind()));
-        labels.push(KeyValue::new("return_code", return_code_label(outcome.return_code())));
+        labels.push(KeyValue::new("outcome", kind));
+        labels.push(KeyValue::new("return_code", return_code_label(return_code)));
         metrics.upload_calls.add(1, &labels);
     }
 }
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn counters_come_out_with_conventional_prometheus_names() {
         let call = upload_started("H00000000001", Infno::Els7002);
-        call.answered(7, &Outcome::Duplicate);
+        call.answered(7, "duplicate", Some(17));
         INSTRUMENTS.dead_letters.add(1, &[KeyValue::new("reason", "invalid")]);
         let text = render();
         assert!(text.contains("# TYPE els_upload_calls_total counter"), "{text}");
