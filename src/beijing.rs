@@ -44,11 +44,7 @@ pub fn day(instant: DateTime<Utc>) -> NaiveDate {
 pub fn next_midnight(instant: DateTime<Utc>) -> DateTime<Utc> {
     let tomorrow = day(instant).succ_opt().unwrap_or(NaiveDate::MAX);
     let midnight = tomorrow.and_hms_opt(0, 0, 0).unwrap_or(NaiveDateTime::MAX);
-    offset()
-        .from_local_datetime(&midnight)
-        .single()
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    offset().from_local_datetime(&midnight).single().map(|t| t.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Time until the next Beijing midnight, plus up to a minute of jitter so that a fleet

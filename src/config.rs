@@ -433,9 +433,7 @@ impl Institution {
         ] {
             match (inline.is_some(), file) {
                 (true, Some(_)) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "institution {code}: set either {key} or {key}_file, not both"
-                    )));
+                    return Err(ConfigError::Invalid(format!("institution {code}: set either {key} or {key}_file, not both")));
                 }
                 (false, None) => {
                     return Err(ConfigError::Invalid(format!(
@@ -469,7 +467,9 @@ fn check_syntax(text: &str) -> Result<(), ConfigError> {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
     let what = error.message().lines().next().unwrap_or("invalid TOML").trim_end_matches('.');
-    Err(ConfigError::Invalid(format!("TOML syntax error at line {line}, column {column}: {what} (the line is not shown: it may hold a secret)")))
+    Err(ConfigError::Invalid(format!(
+        "TOML syntax error at line {line}, column {column}: {what} (the line is not shown: it may hold a secret)"
+    )))
 }
 
 impl Config {
@@ -487,15 +487,10 @@ impl Config {
         check_syntax(text)?;
         let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
         let file = config::File::from_str(text, config::FileFormat::Toml);
-        let (institution_env, section_env): (Vec<_>, Vec<_>) = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .partition(|(k, _)| k.starts_with(ENV_INSTITUTIONS));
+        let (institution_env, section_env): (Vec<_>, Vec<_>) =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).partition(|(k, _)| k.starts_with(ENV_INSTITUTIONS));
         let section_env: HashMap<String, String> = section_env.into_iter().collect();
-        let sections = config::Environment::with_prefix("ELS_BRIDGE")
-            .prefix_separator("__")
-            .separator("__")
-            .source(Some(section_env));
+        let sections = config::Environment::with_prefix("ELS_BRIDGE").prefix_separator("__").separator("__").source(Some(section_env));
 
         // Institutions may be named by code in overrides: learn the codes from the file.
         let codes: Vec<String> = config::Config::builder()
@@ -515,13 +510,12 @@ impl Config {
             };
             let index = match which.parse::<usize>() {
                 Ok(i) if i < codes.len() => i,
-                _ => codes.iter().position(|c| c.eq_ignore_ascii_case(which)).ok_or_else(|| {
-                    ConfigError::Invalid(format!("{name}: no institution {which:?} in the configuration file"))
-                })?,
+                _ => codes
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(which))
+                    .ok_or_else(|| ConfigError::Invalid(format!("{name}: no institution {which:?} in the configuration file")))?,
             };
-            builder = builder
-                .set_override(format!("institutions[{index}].{}", key.to_lowercase()), value)
-                .map_err(invalid)?;
+            builder = builder.set_override(format!("institutions[{index}].{}", key.to_lowercase()), value).map_err(invalid)?;
         }
         let mut config: Config = builder.build().and_then(|c| c.try_deserialize()).map_err(invalid)?;
         config.check()?;
@@ -662,8 +656,15 @@ mod tests {
     #[test]
     fn settings_that_become_durations_are_range_checked() {
         let huge = u64::MAX.to_string();
-        for key in ["WORKER__DRAIN_DEADLINE_SECS", "BATCH__LINGER_MS", "RETRY__MAX_ELAPSED_SECS", "PLATFORM__TIMEOUT_MS", "AMQP__CONNECT_TIMEOUT_SECS"] {
-            let error = Config::from_toml(TOML, env(&[(&format!("ELS_BRIDGE__{key}"), &huge)])).err().unwrap_or_else(|| panic!("{key} accepted"));
+        for key in [
+            "WORKER__DRAIN_DEADLINE_SECS",
+            "BATCH__LINGER_MS",
+            "RETRY__MAX_ELAPSED_SECS",
+            "PLATFORM__TIMEOUT_MS",
+            "AMQP__CONNECT_TIMEOUT_SECS",
+        ] {
+            let error =
+                Config::from_toml(TOML, env(&[(&format!("ELS_BRIDGE__{key}"), &huge)])).err().unwrap_or_else(|| panic!("{key} accepted"));
             let name = key.to_lowercase().replacen("__", ".", 1);
             assert!(error.to_string().contains(&format!("{name} is {huge}; it must be")), "{key}: {error}");
         }

@@ -148,9 +148,7 @@ pub fn from_object(object: &Map<String, Value>, institutions: Institutions) -> R
             problem("fixmedins_code", format!("{} is not a configured institution (configured: {})", excerpt(code), known.join(", ")));
             None
         }
-        (Some(Value::String(code)), Institutions::Any)
-            if code.chars().count() == 12 && code.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
+        (Some(Value::String(code)), Institutions::Any) if code.chars().count() == 12 && code.chars().all(|c| c.is_ascii_alphanumeric()) => {
             Some(code.clone())
         }
         (Some(other), _) => {

@@ -151,23 +151,21 @@ impl Iterator for Lines {
                 }
                 return Some(Ok(Line { number: *number, content: parse_json_object(bytes) }));
             },
-            Inner::Csv { reader, header, record } => {
-                match reader.read_byte_record(record) {
-                    Ok(false) => None,
-                    Ok(true) => {
-                        self.consumed = record.position().map_or(self.consumed, |p| p.byte());
-                        let number = record.position().map_or(0, |p| p.line());
-                        Some(Ok(Line { number, content: csv_object(header, record) }))
-                    }
-                    Err(e) => {
-                        let number = e.position().map_or(0, |p| p.line());
-                        match e.kind() {
-                            csv::ErrorKind::Io(_) => Some(Err(std::io::Error::other(e.to_string()))),
-                            _ => Some(Ok(Line { number, content: Err(LineError::Csv(e.to_string())) })),
-                        }
+            Inner::Csv { reader, header, record } => match reader.read_byte_record(record) {
+                Ok(false) => None,
+                Ok(true) => {
+                    self.consumed = record.position().map_or(self.consumed, |p| p.byte());
+                    let number = record.position().map_or(0, |p| p.line());
+                    Some(Ok(Line { number, content: csv_object(header, record) }))
+                }
+                Err(e) => {
+                    let number = e.position().map_or(0, |p| p.line());
+                    match e.kind() {
+                        csv::ErrorKind::Io(_) => Some(Err(std::io::Error::other(e.to_string()))),
+                        _ => Some(Ok(Line { number, content: Err(LineError::Csv(e.to_string())) })),
                     }
                 }
-            }
+            },
         }
     }
 }

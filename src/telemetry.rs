@@ -168,9 +168,7 @@ fn signal_enabled(exporter_variable: &str) -> bool {
 
 /// Whether the generic or the signal's OTLP endpoint variable is set (and not blank).
 fn endpoint_set(signal_variable: &str) -> bool {
-    [signal_variable, "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .iter()
-        .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+    [signal_variable, "OTEL_EXPORTER_OTLP_ENDPOINT"].iter().any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
 }
 
 /// The endpoint for a debug log line, without any user information.

@@ -103,7 +103,11 @@ impl Uploader {
             if let Some(limit) = self.time_limit.filter(|limit| started.elapsed() > *limit) {
                 let mut rows = batch;
                 rows.extend(work.drain(..).rev().flatten());
-                let message = format!("the upload took longer than {} s (batch.max_upload_secs); {} row(s) not settled yet are retried later", limit.as_secs(), rows.len());
+                let message = format!(
+                    "the upload took longer than {} s (batch.max_upload_secs); {} row(s) not settled yet are retried later",
+                    limit.as_secs(),
+                    rows.len()
+                );
                 settled.push(Settled::Unsettled { rows, outcome: Outcome::Transient { code: None, message } });
                 break;
             }

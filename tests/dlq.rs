@@ -171,7 +171,10 @@ impl Letter {
                 put("x-els-return-code", AMQPValue::LongLongInt(13));
             }
             put("x-els-attempts", AMQPValue::LongLongInt(if reason == "invalid" { 0 } else { 4 }));
-            put("x-els-first-failed-at", text(&(self.failed_at - chrono::Duration::seconds(30)).to_rfc3339_opts(SecondsFormat::Millis, true)));
+            put(
+                "x-els-first-failed-at",
+                text(&(self.failed_at - chrono::Duration::seconds(30)).to_rfc3339_opts(SecondsFormat::Millis, true)),
+            );
             put("x-els-last-failed-at", text(&time));
         }
         put("traceparent", text(&format!("00-{}-01", self.id)));
@@ -367,7 +370,10 @@ async fn replay_moves_exactly_what_the_filters_select_and_keeps_the_rest_in_orde
     let since_beijing = (since + chrono::Duration::hours(8)).format("%Y-%m-%d %H:%M:%S").to_string();
     let until_rfc = until.to_rfc3339();
     let in_window = |l: &Letter| l.failed_at >= since && l.failed_at < until && l.reason.is_some();
-    let output = els(&["dlq", "replay", "--reason", "exhausted,rejected", "--infno", "ELS7004", "--since", &since_beijing, "--until", &until_rfc], &config);
+    let output = els(
+        &["dlq", "replay", "--reason", "exhausted,rejected", "--infno", "ELS7004", "--since", &since_beijing, "--until", &until_rfc],
+        &config,
+    );
     assert!(output.status.success(), "{}", show(&output));
     let selected = |l: &Letter| in_window(l) && l.infno == Infno::Els7004 && matches!(l.reason, Some("exhausted" | "rejected"));
     let moved = client.take_all("els.events").await;
@@ -379,7 +385,15 @@ async fn replay_moves_exactly_what_the_filters_select_and_keeps_the_rest_in_orde
         assert_eq!(raw.routing_key, format!("{}.{}", letter.infno, letter.code));
         assert_eq!(raw.properties.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
         assert_eq!(*raw.properties.delivery_mode(), Some(2));
-        for gone in ["x-els-reason", "x-els-error", "x-els-return-code", "x-els-attempts", "x-els-first-failed-at", "x-els-last-failed-at", "x-death"] {
+        for gone in [
+            "x-els-reason",
+            "x-els-error",
+            "x-els-return-code",
+            "x-els-attempts",
+            "x-els-first-failed-at",
+            "x-els-last-failed-at",
+            "x-death",
+        ] {
             assert!(raw.header(gone).is_none(), "{gone} is reset in {:?}", raw.properties.headers());
         }
         // The work queue's own counter starts again (the broker adds it on delivery).
@@ -420,7 +434,8 @@ async fn replay_moves_exactly_what_the_filters_select_and_keeps_the_rest_in_orde
     // The default: rejected and exhausted, never invalid or unknown ones.
     let output = els(&["dlq", "replay"], &config);
     assert!(output.status.success(), "{}", show(&output));
-    check_moved(&mut remaining, &|l: &Letter| matches!(l.reason, Some("exhausted" | "rejected")), client.take_all("els.events").await).await;
+    check_moved(&mut remaining, &|l: &Letter| matches!(l.reason, Some("exhausted" | "rejected")), client.take_all("els.events").await)
+        .await;
     assert!(remaining.iter().all(|l| matches!(l.reason, None | Some("invalid"))));
 
     // Invalid ones only when asked for; the one whose body is not JSON keeps the key it carries.

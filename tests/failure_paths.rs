@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::broker::QueueCounts;
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, Message, World, WorkerProcess, test_retry, worker_config, worker_toml};
+use common::worker::{Amqp, Message, WorkerProcess, World, test_retry, worker_config, worker_toml};
 use els_bridge::simulator::api::RecordFilter;
 use els_bridge::spec::Infno;
 use lapin::BasicProperties;
@@ -170,9 +170,9 @@ async fn a_broker_that_never_answers_neither_hangs_the_worker_nor_its_shutdown()
     let config = sim.write_client_config("worker.toml", &toml);
     let mut worker = WorkerProcess::start(&config, "silent-broker-timeout");
     for n in 1..=2 {
-        tokio::time::timeout(Duration::from_secs(20), connections.recv()).await.unwrap_or_else(|_| {
-            panic!("connection attempt {n} did not come:\n{}", worker.logs())
-        });
+        tokio::time::timeout(Duration::from_secs(20), connections.recv())
+            .await
+            .unwrap_or_else(|_| panic!("connection attempt {n} did not come:\n{}", worker.logs()));
     }
     assert!(worker.logs().contains("did not complete the connection within 1 s"), "{}", worker.logs());
     assert!(worker.terminate(Duration::from_secs(10)).success(), "{}", worker.logs());
@@ -478,7 +478,8 @@ async fn a_claim_outlasting_its_ttl_while_its_holder_works_keeps_its_keys() {
     sim.refuse_keys(&["REFUSED-R"], 13).await;
     let config = worker_config(&sim, &vhost, 50);
     let text = std::fs::read_to_string(&config).unwrap();
-    let with_ttl = |prefetch: &str| text.replace("prefetch = 500\n", prefetch).replace("[worker]\n", "[ledger]\nclaim_ttl_secs = 2\n\n[worker]\n");
+    let with_ttl =
+        |prefetch: &str| text.replace("prefetch = 500\n", prefetch).replace("[worker]\n", "[ledger]\nclaim_ttl_secs = 2\n\n[worker]\n");
     let config_a = config.with_file_name("a.toml");
     std::fs::write(&config_a, with_ttl("prefetch = 2\n")).unwrap();
     std::fs::write(&config, with_ttl("prefetch = 500\n")).unwrap();
@@ -520,7 +521,9 @@ async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
     let World { sim, vhost, amqp } = World::with_institutions("long-bisection", 1).await;
     let code = sim.institution(0).code.clone();
     let policy = r#"{"consumer-timeout": 8000}"#;
-    if let Err(error) = common::broker::try_rabbitmqctl(&["set_policy", "-p", vhost.name(), "short-consumer-timeout", "^els\\.events$", policy]) {
+    if let Err(error) =
+        common::broker::try_rabbitmqctl(&["set_policy", "-p", vhost.name(), "short-consumer-timeout", "^els\\.events$", policy])
+    {
         eprintln!("this broker has no consumer-timeout policy (before 3.12); the upload limit is tested alone: {error}");
     }
     sim.set_latency(1_500, 1_500).await;
@@ -569,7 +572,8 @@ async fn send_connects_again_when_its_broker_connection_is_lost() {
     })
     .await;
     let connections = common::broker::rabbitmqctl(&["list_connections", "vhost", "pid"]);
-    let mine: Vec<&str> = connections.lines().filter_map(|l| l.split_once('\t')).filter(|(v, _)| *v == vhost.name()).map(|(_, pid)| pid.trim()).collect();
+    let mine: Vec<&str> =
+        connections.lines().filter_map(|l| l.split_once('\t')).filter(|(v, _)| *v == vhost.name()).map(|(_, pid)| pid.trim()).collect();
     assert!(!mine.is_empty(), "send's connection is listed: {connections}");
     for pid in mine {
         common::broker::rabbitmqctl(&["close_connection", pid, "a test closes it"]);
@@ -613,7 +617,9 @@ async fn a_redelivered_copy_of_an_accepted_record_does_not_overwrite_its_correct
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let stored = |page: &els_bridge::simulator::api::RecordsPage| page.records.iter().find(|r| r.key == "CORRECTED").and_then(|r| r.row["stoin_cnt"].as_str().map(str::to_owned));
+    let stored = |page: &els_bridge::simulator::api::RecordsPage| {
+        page.records.iter().find(|r| r.key == "CORRECTED").and_then(|r| r.row["stoin_cnt"].as_str().map(str::to_owned))
+    };
     assert_eq!(stored(&sim.records(&RecordFilter::default()).await).as_deref(), Some("5"));
     // The broker's counts of a quorum queue lag by a few seconds.
     eventually("the accepted deliveries' acks are held back behind the lingering one", Duration::from_secs(20), async || {
@@ -671,12 +677,15 @@ async fn an_outage_costs_a_claim_per_probe_not_per_batch_and_attempt() {
     let code = sim.institution(0).code.clone();
     let config = worker_config(&sim, &vhost, 100);
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("linger_ms = 100\n", "linger_ms = 100\nmax_records = 10\n").replace("max_backoff_ms = 1000\n", "max_backoff_ms = 2000\n");
+    let text = text
+        .replace("linger_ms = 100\n", "linger_ms = 100\nmax_records = 10\n")
+        .replace("max_backoff_ms = 1000\n", "max_backoff_ms = 2000\n");
     std::fs::write(&config, text).unwrap();
     let outage = Duration::from_secs(20);
     sim.start_outage(outage.as_secs()).await;
     let outage_ends = chrono::Utc::now() + outage;
-    let events: Vec<serde_json::Value> = (0..300).map(|i| event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("OUT-{i:03}"), "1"))).collect();
+    let events: Vec<serde_json::Value> =
+        (0..300).map(|i| event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("OUT-{i:03}"), "1"))).collect();
     amqp.publish(&events).await;
     let mut worker = WorkerProcess::start(&config, "outage-claims");
     let readyz = format!("http://127.0.0.1:{}/readyz", worker.http_port(Duration::from_secs(30)));
@@ -693,10 +702,20 @@ async fn an_outage_costs_a_claim_per_probe_not_per_batch_and_attempt() {
     let claims = ledger_claims(&vhost).await;
     let first = claims.iter().min().copied().expect("claims were made");
     let (from, to) = (first + chrono::Duration::seconds(2), outage_ends - chrono::Duration::seconds(1));
-    assert!(to - from >= chrono::Duration::seconds(10), "the worker started {} s into the outage: too late to show anything", (first - (outage_ends - outage)).num_seconds());
+    assert!(
+        to - from >= chrono::Duration::seconds(10),
+        "the worker started {} s into the outage: too late to show anything",
+        (first - (outage_ends - outage)).num_seconds()
+    );
     let later = claims.iter().filter(|at| **at > from && **at < to).count();
     let allowed = usize::try_from((to - from).num_seconds()).unwrap_or(0) + 3;
-    assert!(later <= allowed, "{later} claims in the {} s of the outage after the first 2 s of claims ({} in all):\n{}", (to - from).num_seconds(), claims.len(), worker.logs());
+    assert!(
+        later <= allowed,
+        "{later} claims in the {} s of the outage after the first 2 s of claims ({} in all):\n{}",
+        (to - from).num_seconds(),
+        claims.len(),
+        worker.logs()
+    );
     assert!(worker.logs().contains("one batch at a time probes"), "{}", worker.logs());
     vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
     assert!(worker.terminate(Duration::from_secs(30)).success());
@@ -740,7 +759,8 @@ async fn fill_ledger(vhost: &common::broker::TestVhost, code: &str, claims: usiz
         let entries = (chunk * 100..((chunk + 1) * 100).min(claims)).flat_map(|n| {
             let id = format!("fill-{n}");
             let keys = (0..100).map(|k| (format!("FILLED-BEFORE-{n:06}-{k:03}-0000000000000000"), Some(1))).collect();
-            let claim = Claim { id: id.clone(), institution: code.to_owned(), infno: Infno::Els7002, keys, at: chrono::Utc::now(), holder: None };
+            let claim =
+                Claim { id: id.clone(), institution: code.to_owned(), infno: Infno::Els7002, keys, at: chrono::Utc::now(), holder: None };
             [Entry::Claim(claim), Entry::Release { claim: id }]
         });
         futures_util::future::try_join_all(entries.map(|entry| log.append_confirmed(entry))).await.unwrap();

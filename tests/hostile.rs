@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::broker::{QueueCounts, rabbitmqctl};
 use common::records::{event, row};
 use common::simulator::eventually;
-use common::worker::{World, WorkerProcess, worker_config};
+use common::worker::{WorkerProcess, World, worker_config};
 use els_bridge::simulator::api::RecordFilter;
 use els_bridge::spec::Infno;
 
@@ -35,17 +35,29 @@ async fn a_worker_logging_at_trace_shows_no_secret() {
     let mut worker = WorkerProcess::start_logging(&config, "trace-secrets", "trace");
 
     amqp.publish(&[event(Infno::Els7002, &institution.code, Some(1), row(Infno::Els7002, "TRACED", "1"))]).await;
-    eventually("the record is stored", Duration::from_secs(30), async || (sim.records(&RecordFilter::default()).await.total == 1).then_some(())).await;
+    eventually("the record is stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.total == 1).then_some(())
+    })
+    .await;
     assert!(worker.terminate(Duration::from_secs(30)).success());
     let _ = common::broker::try_rabbitmqctl(&["delete_user", &user]);
     let log = worker.logs();
     assert!(log.len() > 10_000 && log.contains("TRACE"), "the worker did log at trace:\n{log}");
     let token = sim.tokens().await.institutions[0].current_token.clone().expect("a token was issued");
-    for (what, secret) in [("broker password", &password), ("access token", &token), ("auth code", &institution.auth_code), ("CSB secret key", &institution.secret_key)] {
+    for (what, secret) in [
+        ("broker password", &password),
+        ("access token", &token),
+        ("auth code", &institution.auth_code),
+        ("CSB secret key", &institution.secret_key),
+    ] {
         assert!(!shows(&log, secret), "the log shows the {what}");
     }
     assert!(!log.contains("Server returned us a message"), "lapin's returned-message warning prints whole messages");
-    assert!(!log.contains("ERROR"), "a clean stop logs no ERROR line:\n{}", log.lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        !log.contains("ERROR"),
+        "a clean stop logs no ERROR line:\n{}",
+        log.lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+    );
     amqp.close().await;
 }
 
@@ -91,11 +103,16 @@ async fn hostile_bodies_become_dead_letters_and_the_valid_events_flow() {
         (letters.len() >= 8).then_some(())
     })
     .await;
-    eventually("the 8 valid records are stored", Duration::from_secs(30), async || (sim.records(&RecordFilter::default()).await.total == 8).then_some(())).await;
+    eventually("the 8 valid records are stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.total == 8).then_some(())
+    })
+    .await;
     vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
-    let mut named: Vec<String> = letters.iter().map(|l| l.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default()).collect();
+    let mut named: Vec<String> =
+        letters.iter().map(|l| l.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default()).collect();
     named.sort();
-    let mut expected = vec!["10 000 digits", "8 MB string", "NUL in a value", "NaN", "a field twice", "a million fields", "deep nesting", "not UTF-8"];
+    let mut expected =
+        vec!["10 000 digits", "8 MB string", "NUL in a value", "NaN", "a field twice", "a million fields", "deep nesting", "not UTF-8"];
     expected.sort();
     assert_eq!(named, expected);
     for letter in &letters {

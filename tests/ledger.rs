@@ -10,12 +10,11 @@ use std::time::Duration;
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{World, WorkerProcess, worker_config, worker_toml};
+use common::worker::{WorkerProcess, World, worker_config, worker_toml};
 use els_bridge::simulator::api::{CallFilter, FaultKind, RecordFilter, RecordView, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
 use rust_decimal::Decimal;
 use serde_json::Value;
-
 
 fn quantity(record: &RecordView) -> String {
     let field = match record.infno {
@@ -109,14 +108,16 @@ async fn a_restarted_worker_still_refuses_stale_versions() {
     let World { sim, vhost, amqp } = World::new("ledger-restart", TestSimulator::builder().institutions(1).start()).await;
     let code = sim.institution(0).code.clone();
     let config = worker_config(&sim, &vhost, 100);
-    let newer: Vec<Value> = (0..12).map(|i| event(Infno::UPLOADS[i % 6], &code, Some(5), row(Infno::UPLOADS[i % 6], &format!("K-{i}"), "5"))).collect();
+    let newer: Vec<Value> =
+        (0..12).map(|i| event(Infno::UPLOADS[i % 6], &code, Some(5), row(Infno::UPLOADS[i % 6], &format!("K-{i}"), "5"))).collect();
     amqp.publish(&newer).await;
     let mut first = WorkerProcess::start(&config, "first");
     stored(&sim, 12).await;
     assert!(first.terminate(Duration::from_secs(30)).success());
 
     let mut second = WorkerProcess::start(&config, "second");
-    let older: Vec<Value> = (0..12).map(|i| event(Infno::UPLOADS[i % 6], &code, Some(4), row(Infno::UPLOADS[i % 6], &format!("K-{i}"), "4"))).collect();
+    let older: Vec<Value> =
+        (0..12).map(|i| event(Infno::UPLOADS[i % 6], &code, Some(4), row(Infno::UPLOADS[i % 6], &format!("K-{i}"), "4"))).collect();
     amqp.publish(&older).await;
     vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(60));
     let records = stored(&sim, 12).await;
@@ -196,11 +197,20 @@ async fn send_with_a_broker_records_its_uploads_in_the_ledger() {
     let file = config.with_file_name("backfill.jsonl");
     let rows: Vec<_> = (0..5).map(|i| row(Infno::Els7004, &format!("BF-{i}"), "2")).collect();
     std::fs::write(&file, common::records::jsonl(&rows)).unwrap();
-    let send = Command::new(env!("CARGO_BIN_EXE_els-bridge")).args(["send", "--infno", "ELS7004", "--config"]).arg(&config).arg(&file).output().unwrap();
+    let send = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["send", "--infno", "ELS7004", "--config"])
+        .arg(&config)
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(send.status.success(), "{}", String::from_utf8_lossy(&send.stderr));
     stored(&sim, 5).await;
 
-    let report = Command::new(env!("CARGO_BIN_EXE_els-bridge")).args(["report", "--from", "2026-11-25", "--csv", "--config"]).arg(&config).output().unwrap();
+    let report = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["report", "--from", "2026-11-25", "--csv", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     let csv = String::from_utf8(report.stdout).unwrap();
     let code = &sim.institution(0).code;
@@ -219,7 +229,8 @@ async fn the_claims_of_a_killed_worker_do_not_hold_its_keys_back() {
 
     // One record per lane; their calls hang, so the first worker holds six claims.
     sim.set_timeouts(Timeouts { next: 6, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 120_000, processed: false }).await;
-    let events: Vec<Value> = Infno::UPLOADS.iter().map(|infno| event(*infno, &code, Some(1), row(*infno, &format!("HELD-{infno}"), "3"))).collect();
+    let events: Vec<Value> =
+        Infno::UPLOADS.iter().map(|infno| event(*infno, &code, Some(1), row(*infno, &format!("HELD-{infno}"), "3"))).collect();
     amqp.publish(&events).await;
     eventually("six hanging calls", Duration::from_secs(60), async || {
         let calls = sim.calls(&CallFilter::default()).await.calls;

@@ -30,7 +30,14 @@ fn config(dir: &Path, url: &str) -> PathBuf {
 
 fn publish(args: &[&str], config: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_els-bridge"));
-    command.arg("publish").args(args).arg("--config").arg(config).env_remove("ELS_BRIDGE_CONFIG").env("RUST_LOG", "warn").stdin(Stdio::null());
+    command
+        .arg("publish")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("ELS_BRIDGE_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ELS_BRIDGE__")) {
         command.env_remove(name);
     }
@@ -83,13 +90,13 @@ async fn invalid_lines_are_reported_by_number_and_valid_ones_published_as_they_a
     let mut bad_row = row(Infno::Els7003, "OUT-2", "1");
     bad_row.insert("stoout_cnt".into(), json!("-4"));
     let lines = [
-        format!("\u{feff}{first}"),                                                          // 1: valid, with a BOM
-        String::new(),                                                                      // 2: blank
-        "{\"infno\": \"ELS7002\", ".to_owned(),                                             // 3: not JSON
-        format!("  {second}  \r"),                                                          // 4: valid, CRLF
+        format!("\u{feff}{first}"),                                                                // 1: valid, with a BOM
+        String::new(),                                                                             // 2: blank
+        "{\"infno\": \"ELS7002\", ".to_owned(),                                                    // 3: not JSON
+        format!("  {second}  \r"),                                                                 // 4: valid, CRLF
         event(Infno::Els7004, "H99999999999", None, row(Infno::Els7004, "IN-9", "1")).to_string(), // 5: unknown institution
-        omitted.clone(),                                                                    // 6: valid, institution omitted
-        event(Infno::Els7003, &code, None, bad_row).to_string(),                            // 7: a field rule broken
+        omitted.clone(),                                                                           // 6: valid, institution omitted
+        event(Infno::Els7003, &code, None, bad_row).to_string(),                                   // 7: a field rule broken
     ];
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
@@ -138,9 +145,8 @@ async fn strict_publishes_nothing_when_any_line_is_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), vhost.url());
     let code = test_institutions(1)[0].code.clone();
-    let good: String = (0..5)
-        .map(|i| format!("{}\n", event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("IN-{i}"), "1"))))
-        .collect();
+    let good: String =
+        (0..5).map(|i| format!("{}\n", event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("IN-{i}"), "1")))).collect();
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, format!("{good}[1, 2]\n")).unwrap();
 
@@ -170,9 +176,8 @@ async fn rate_paces_the_events() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), vhost.url());
     let code = test_institutions(1)[0].code.clone();
-    let lines: String = (0..21)
-        .map(|i| format!("{}\n", event(Infno::Els7004, &code, None, row(Infno::Els7004, &format!("IN-{i}"), "1"))))
-        .collect();
+    let lines: String =
+        (0..21).map(|i| format!("{}\n", event(Infno::Els7004, &code, None, row(Infno::Els7004, &format!("IN-{i}"), "1")))).collect();
     let file = dir.path().join("events.jsonl");
     std::fs::write(&file, lines).unwrap();
     let started = Instant::now();

@@ -29,7 +29,8 @@ async fn a_broker_restart_in_the_middle_of_a_file_loses_no_line() {
     amqp.close().await;
     let dir = tempfile::tempdir().unwrap();
     let institutions = test_institutions(1);
-    let config = write_config(dir.path(), "publish.toml", &institutions, "http://127.0.0.1:1/unused", &format!("[amqp]\nurl = {:?}\n", vhost.url()));
+    let config =
+        write_config(dir.path(), "publish.toml", &institutions, "http://127.0.0.1:1/unused", &format!("[amqp]\nurl = {:?}\n", vhost.url()));
     let count = 2000;
     let lines: String = (0..count)
         .map(|i| {

@@ -10,9 +10,7 @@ use common::records::row;
 use common::simulator::{Answer, INTERFACE_PATH, TestSimulator, eventually};
 use els_bridge::beijing;
 use els_bridge::platform::sign::CsbHeaders;
-use els_bridge::simulator::api::{
-    CallFilter, ErrorAnswer, ErrorRate, FaultKind, RecordFilter, TimeoutMode, Timeouts,
-};
+use els_bridge::simulator::api::{CallFilter, ErrorAnswer, ErrorRate, FaultKind, RecordFilter, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -40,10 +38,7 @@ fn assert_code(answer: &Answer, code: u32) {
 async fn starts_on_a_free_port_with_its_settings_and_stops_on_sigterm() {
     let sim = TestSimulator::builder().arg("--max-rows", 50).arg("--call-log-capacity", 7).start();
     let settings = sim.settings().await;
-    assert_eq!(
-        (settings.token_validity_secs, settings.token_refresh_window_secs, settings.daily_call_limit),
-        (1800, 300, 10_000)
-    );
+    assert_eq!((settings.token_validity_secs, settings.token_refresh_window_secs, settings.daily_call_limit), (1800, 300, 10_000));
     assert_eq!((settings.timestamp_tolerance_secs, settings.max_rows, settings.call_log_capacity), (900, 50, 7));
     assert_eq!(settings.institutions, ["H32128200338", "H32010600021"]);
     assert!(sim.logs().contains("platform simulator listening"), "{}", sim.logs());
@@ -54,8 +49,7 @@ async fn starts_on_a_free_port_with_its_settings_and_stops_on_sigterm() {
 #[tokio::test]
 async fn sigterm_cuts_a_hanging_call_short() {
     let sim = TestSimulator::start();
-    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 600_000, processed: false })
-        .await;
+    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 600_000, processed: false }).await;
     let url = sim.interface_url();
     let body = sim.envelope(0, "ELS7001", json!({})).await.to_string();
     let headers = sim.headers(0);
@@ -415,10 +409,8 @@ async fn an_outage_answers_503_until_it_ends() {
 
     sim.start_outage(1).await;
     assert_eq!(sim.fetch_token(1).await.status, StatusCode::SERVICE_UNAVAILABLE);
-    eventually("the one-second outage to end by itself", WAIT, async || {
-        (sim.fetch_token(1).await.status == StatusCode::OK).then_some(())
-    })
-    .await;
+    eventually("the one-second outage to end by itself", WAIT, async || (sim.fetch_token(1).await.status == StatusCode::OK).then_some(()))
+        .await;
     assert!(sim.faults().await.outage_until.is_none());
 }
 
@@ -435,8 +427,7 @@ async fn timeouts_hang_or_close_without_an_answer() {
         request.send().await
     };
 
-    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 60_000, processed: false })
-        .await;
+    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 60_000, processed: false }).await;
     let hung = send(&impatient).await.expect_err("a hanging call times out");
     assert!(hung.is_timeout(), "{hung:?}");
     assert_code(&sim.call(0, "ELS7001", json!({})).await, 12);

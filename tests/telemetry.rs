@@ -376,7 +376,13 @@ async fn publish_traced(url: &str, events: &[(Value, Option<&str>)]) {
         let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
         let key = format!("{}.{}", event["infno"].as_str().unwrap(), event["fixmedins_code"].as_str().unwrap());
         let confirm = channel
-            .basic_publish("els.events".into(), key.as_str().into(), BasicPublishOptions::default(), event.to_string().as_bytes(), properties)
+            .basic_publish(
+                "els.events".into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                event.to_string().as_bytes(),
+                properties,
+            )
             .await
             .unwrap()
             .await
@@ -475,7 +481,8 @@ async fn upload_spans_reach_an_otlp_receiver_with_the_publishers_trace_context()
         }
     }
     let by_infno = |infno: &str| -> &Span {
-        let spans: Vec<&Span> = uploads.iter().copied().filter(|s| text_attribute(&s.attributes, "infno").as_deref() == Some(infno)).collect();
+        let spans: Vec<&Span> =
+            uploads.iter().copied().filter(|s| text_attribute(&s.attributes, "infno").as_deref() == Some(infno)).collect();
         assert_eq!(spans.len(), 1, "one upload span for {infno}: {spans:#?}");
         spans[0]
     };

@@ -146,7 +146,11 @@ fn values_are_judged_on_their_exact_text_and_nothing_ambiguous_passes() {
     assert_eq!(code, 1, "{out}{err}");
     let p = path.display();
     for line in 1..=5 {
-        assert!(out.contains(&format!("{p}:{line}: stoin_cnt: must be a non-negative decimal")) || out.contains(&format!("{p}:{line}: purc_pric: must be a non-negative decimal")), "line {line}:\n{out}");
+        assert!(
+            out.contains(&format!("{p}:{line}: stoin_cnt: must be a non-negative decimal"))
+                || out.contains(&format!("{p}:{line}: purc_pric: must be a non-negative decimal")),
+            "line {line}:\n{out}"
+        );
     }
     assert!(out.contains(&format!("{p}:6: stoin_time: must be a time")), "{out}");
     assert!(out.contains(&format!("{p}:7: stoin_time: must be a time")), "{out}");

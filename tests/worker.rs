@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, World, WorkerProcess, worker_config, worker_toml};
+use common::worker::{Amqp, WorkerProcess, World, worker_config, worker_toml};
 use els_bridge::config::RetrySettings;
 use els_bridge::simulator::api::{CallFilter, RecordFilter};
 use els_bridge::spec::Infno;
@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 
 /// (institution, infno, key) → quantity the platform must end up with.
 type Expected = BTreeMap<(String, Infno, String), String>;
-
 
 /// `per_lane` events for every institution and transaction, version 1.
 fn first_wave(codes: &[&str], per_lane: usize) -> (Vec<Value>, Expected) {
@@ -183,7 +182,13 @@ async fn refused_records_are_dead_lettered_as_rejected_and_everything_else_is_st
     let dead = take_dead_letters(&amqp, 5, Duration::from_secs(60)).await;
     let dead_keys: BTreeSet<String> = dead
         .iter()
-        .map(|m| m.body["data"][Infno::Els7002.key_field()].as_str().or(m.body["data"]["hosp_retn_mgt_detl"].as_str()).unwrap_or_default().to_owned())
+        .map(|m| {
+            m.body["data"][Infno::Els7002.key_field()]
+                .as_str()
+                .or(m.body["data"]["hosp_retn_mgt_detl"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert_eq!(dead_keys, refused_keys.iter().map(|k| k.to_string()).collect());
     for message in &dead {
@@ -336,7 +341,8 @@ async fn transient_failures_past_the_retry_budget_are_dead_lettered_as_exhausted
     let retry = RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 400, max_elapsed_secs: 3 };
     amqp.declare(&retry).await;
     let code = sim.institution(0).code.clone();
-    let toml = worker_toml(vhost.url(), 100).replace("max_backoff_ms = 1000\nmax_elapsed_secs = 600", "max_backoff_ms = 400\nmax_elapsed_secs = 3");
+    let toml = worker_toml(vhost.url(), 100)
+        .replace("max_backoff_ms = 1000\nmax_elapsed_secs = 600", "max_backoff_ms = 400\nmax_elapsed_secs = 3");
     let config = sim.write_client_config("worker.toml", &toml);
     sim.start_outage(3600).await;
     let (events, _) = first_wave(&[&code], 2);
@@ -395,7 +401,8 @@ async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
-    let World { sim, vhost, amqp } = World::new("daily-limit", TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start()).await;
+    let World { sim, vhost, amqp } =
+        World::new("daily-limit", TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start()).await;
     let code = sim.institution(0).code.clone();
     let port = free_port();
     let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
@@ -416,7 +423,8 @@ async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
     }
     let calls = sim.calls(&CallFilter::default()).await.calls;
     assert!(calls.iter().any(|c| c.return_code == Some(11)));
-    let accepted_rows: usize = calls.iter().filter(|c| c.infno.as_deref() != Some("ELS7001") && c.return_code == Some(1)).map(|c| c.rows).sum();
+    let accepted_rows: usize =
+        calls.iter().filter(|c| c.infno.as_deref() != Some("ELS7001") && c.return_code == Some(1)).map(|c| c.rows).sum();
     let stored = sim.records(&RecordFilter::default()).await.total;
     assert_eq!(stored, accepted_rows);
     assert!(stored < events.len());

@@ -18,7 +18,6 @@ use els_bridge::simulator::api::{CallFilter, ErrorAnswer, ErrorRate, RecordFilte
 use els_bridge::spec::Infno;
 use serde_json::Value;
 
-
 /// `count` events spread over the six transactions of `code`, keys prefixed by `tag`.
 fn events(code: &str, tag: &str, count: usize) -> Vec<Value> {
     (0..count)
@@ -95,11 +94,7 @@ async fn outages_timeouts_a_killed_worker_and_a_broker_restart_lose_nothing() {
 #[allow(clippy::await_holding_lock, reason = "serialises the chaos tests of this binary; each has its own runtime")]
 async fn the_fleet_shares_one_token_per_institution_through_short_token_lifetimes() {
     let _alone = exclusive();
-    let sim = TestSimulator::builder()
-        .institutions(2)
-        .arg("--token-validity-secs", 25)
-        .arg("--token-refresh-window-secs", 8)
-        .start();
+    let sim = TestSimulator::builder().institutions(2).arg("--token-validity-secs", 25).arg("--token-refresh-window-secs", 8).start();
     let vhost = unique_vhost("tokens");
     let codes = [sim.institution(0).code.clone(), sim.institution(1).code.clone()];
     let amqp = Amqp::connect(vhost.url()).await;

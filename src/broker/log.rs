@@ -29,8 +29,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::protocol::AMQPSoftError;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -289,7 +289,9 @@ fn other_argument(error: &lapin::Error) -> Option<&'static str> {
         return None;
     }
     let message = e.get_message().as_str();
-    ["x-max-age", "x-stream-max-segment-size-bytes"].into_iter().find(|argument| message.contains(&format!("inequivalent arg '{argument}'")))
+    ["x-max-age", "x-stream-max-segment-size-bytes"]
+        .into_iter()
+        .find(|argument| message.contains(&format!("inequivalent arg '{argument}'")))
 }
 
 /// The broker's text of a refusal.

@@ -71,8 +71,7 @@ pub enum BrokerError {
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, BrokerError> {
     let mut tls = OwnedTLSConfig::default();
     if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|source| BrokerError::CaFile { path: path.display().to_string(), source })?;
+        let pem = std::fs::read_to_string(path).map_err(|source| BrokerError::CaFile { path: path.display().to_string(), source })?;
         tls.cert_chain = Some(pem);
     }
     let properties = ConnectionProperties::default().with_connection_name(name.into());

@@ -35,8 +35,7 @@ pub async fn declare_exclusive(channel: &Channel, queue: &str) -> Result<(), lap
 pub async fn queue_exists(channel: &Channel, queue: &str) -> Result<bool, BrokerError> {
     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let properties = BasicProperties::default().with_expiration("0".into());
-    let confirmation =
-        channel.basic_publish(ShortString::from(""), queue.into(), options, b"", properties).await?.await?;
+    let confirmation = channel.basic_publish(ShortString::from(""), queue.into(), options, b"", properties).await?.await?;
     if !confirmation.is_ack() {
         return Err(BrokerError::Nacked);
     }

@@ -329,9 +329,7 @@ impl RefreshLock for AmqpRefreshLock {}
 impl TokenStore for AmqpTokenStore {
     async fn current(&self, institution: &str) -> Result<Option<Token>, StoreError> {
         self.check()?;
-        self.log
-            .read(|tokens| tokens.0.get(institution).filter(|token| token.expires_at > Utc::now()).cloned())
-            .map_err(store_error)
+        self.log.read(|tokens| tokens.0.get(institution).filter(|token| token.expires_at > Utc::now()).cloned()).map_err(store_error)
     }
 
     async fn replace(&self, institution: &str, token: &Token) -> Result<(), StoreError> {

@@ -29,8 +29,8 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::protocol::AMQPSoftError;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
 
 use super::BrokerError;
@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn delay_steps_double_up_to_the_maximum() {
-        let t = Topology::new(&AmqpSettings::default(), &RetrySettings { initial_backoff_ms: 500, max_backoff_ms: 60_000, max_elapsed_secs: 1 });
+        let t = Topology::new(
+            &AmqpSettings::default(),
+            &RetrySettings { initial_backoff_ms: 500, max_backoff_ms: 60_000, max_elapsed_secs: 1 },
+        );
         assert_eq!(t.delay_steps_ms, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000]);
         assert_eq!(t.delay_queue(Duration::from_millis(300)), "els.delay.500");
         assert_eq!(t.delay_queue(Duration::from_millis(1500)), "els.delay.2000");

@@ -282,9 +282,7 @@ impl<'a> Outbox<'a> {
             .with_content_type("application/json".into())
             .with_message_id(event.message_id.as_str().into());
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        channel
-            .basic_publish(self.amqp.exchange.as_str().into(), event.routing_key.as_str().into(), options, &event.body, properties)
-            .await
+        channel.basic_publish(self.amqp.exchange.as_str().into(), event.routing_key.as_str().into(), options, &event.body, properties).await
     }
 
     /// Reconnects and publishes the whole window again.
@@ -422,8 +420,7 @@ impl Report {
 fn prepare(path: &Path, line: &RawLine, institutions: Institutions) -> Result<Outgoing, InvalidEvent> {
     let event = event::parse_at_most(&line.bytes, event::MAX_EVENT_BYTES, institutions)?;
     let infno = event.record.infno();
-    let routing_key =
-        if event.fixmedins_code.is_empty() { infno.to_string() } else { format!("{infno}.{}", event.fixmedins_code) };
+    let routing_key = if event.fixmedins_code.is_empty() { infno.to_string() } else { format!("{infno}.{}", event.fixmedins_code) };
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut message_id = format!("{name}:{}:{:016x}", line.number, fnv1a(&line.bytes));
     if message_id.len() > 255 {

@@ -25,10 +25,10 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_FAILED, EXIT_OK};
+use crate::broker;
 use crate::config::{Config, Institution};
 use crate::input::{Format, Lines};
 use crate::ledger::{Ledger, Provenance};
-use crate::broker;
 use crate::platform::{FileTokenStore, MsgIdSlot, MsgIds, Outcome, PlatformClient, TokenStore, Tokens};
 use crate::retry::Backoff;
 use crate::spec::{Infno, Record};
@@ -244,10 +244,16 @@ impl SharedState {
             None => {
                 let token_file = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
                 let state_dir = token_file.parent().unwrap_or(Path::new(".")).to_path_buf();
-                let slot = MsgIdSlot::claim_local(&state_dir)
-                    .with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
+                let slot =
+                    MsgIdSlot::claim_local(&state_dir).with_context(|| format!("cannot claim a msgid slot in {}", state_dir.display()))?;
                 let store = Arc::new(FileTokenStore::new(token_file, &config.platform.url));
-                Ok(SharedState { store, slot: slot.slot, ledger: None, holder: SlotHolder::Local(slot), streams_lost: CancellationToken::new() })
+                Ok(SharedState {
+                    store,
+                    slot: slot.slot,
+                    ledger: None,
+                    holder: SlotHolder::Local(slot),
+                    streams_lost: CancellationToken::new(),
+                })
             }
         }
     }
@@ -278,15 +284,21 @@ fn pick_institution<'c>(config: &'c Config, code: Option<&str>) -> anyhow::Resul
         (_, []) => bail!("no institution is configured: add an [[institutions]] section"),
         (None, [only]) => Ok(only),
         (None, _) => bail!("several institutions are configured ({}): choose one with --institution", codes()),
-        (Some(code), _) => config
-            .institution(code)
-            .with_context(|| format!("--institution {code} is not configured (configured: {})", codes())),
+        (Some(code), _) => {
+            config.institution(code).with_context(|| format!("--institution {code} is not configured (configured: {})", codes()))
+        }
     }
 }
 
 impl Sender<'_> {
     /// Reads, validates and uploads one file; returns its rejects file, if any.
-    async fn send_file(&mut self, path: &Path, format: Format, infno: Infno, progress: &ProgressBar) -> anyhow::Result<Option<(PathBuf, u64)>> {
+    async fn send_file(
+        &mut self,
+        path: &Path,
+        format: Format,
+        infno: Infno,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Option<(PathBuf, u64)>> {
         let mut lines = Lines::open(path, format).with_context(|| format!("cannot read {}", path.display()))?;
         let mut rejects = Rejects::next_to(path);
         let mut batch: Vec<Row<Origin>> = Vec::with_capacity(self.batch_size);
@@ -368,7 +380,8 @@ impl Sender<'_> {
                         outcome => {
                             let since = *first_failure.get_or_insert_with(Instant::now);
                             if since.elapsed() >= self.backoff.max_elapsed {
-                                let reason = format!("not uploaded: transient failures for {}s, the last: {outcome}", since.elapsed().as_secs());
+                                let reason =
+                                    format!("not uploaded: transient failures for {}s, the last: {outcome}", since.elapsed().as_secs());
                                 return self.give_up(rows, &reason, rejects);
                             }
                             attempt += 1;

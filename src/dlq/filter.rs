@@ -81,9 +81,8 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }
-    beijing::parse(text).ok_or_else(|| {
-        format!("{text:?} is not a time: use RFC 3339 (2026-11-25T09:30:00+08:00) or Beijing time \"2026-11-25 09:30:00\"")
-    })
+    beijing::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a time: use RFC 3339 (2026-11-25T09:30:00+08:00) or Beijing time \"2026-11-25 09:30:00\""))
 }
 
 #[cfg(test)]

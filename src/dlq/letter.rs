@@ -9,8 +9,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::spec::Infno;
 use crate::contract::{self, header, rfc3339};
+use crate::spec::Infno;
 
 /// Why a message is in the dead-letter queue (`x-els-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]

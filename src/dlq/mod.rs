@@ -47,7 +47,9 @@ pub use stats::Stats;
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     /// The queue does not exist on the broker.
-    #[error("the dead-letter queue {queue} does not exist on this broker (has a worker declared the topology? is amqp.url the right virtual host?)")]
+    #[error(
+        "the dead-letter queue {queue} does not exist on this broker (has a worker declared the topology? is amqp.url the right virtual host?)"
+    )]
     NoQueue {
         /// The queue's name.
         queue: String,

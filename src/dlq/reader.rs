@@ -251,9 +251,8 @@ impl<'c> Reader<'c> {
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("els-bridge-dlq-{}-{}", std::process::id(), self.slots.len());
-        let consumer = channel
-            .basic_consume(self.queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+        let consumer =
+            channel.basic_consume(self.queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         self.slots.push(Slot { channel, consumer, prefetch, delivered: 0, settled: 0 });
         Ok(())
     }

@@ -12,16 +12,16 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 
-use super::letter::DeadLetter;
-use crate::contract::rfc3339;
-use super::reader::{Reader, Taken, is_not_found};
 use super::DlqError;
+use super::letter::DeadLetter;
+use super::reader::{Reader, Taken, is_not_found};
 use crate::broker::publisher::copy_properties;
 use crate::contract::header;
+use crate::contract::rfc3339;
 
 /// Headers removed from a replayed copy: the dead-letter headers of contract §2, the
 /// retry state, and what the broker adds when it dead-letters or redelivers.
@@ -126,7 +126,13 @@ impl Replayer {
     /// Publishes the copy of a taken dead letter; when the window is full, first settles
     /// the oldest copy in flight and returns what happened to it. An error means the
     /// channel or connection is gone: the dead letter stays in its queue.
-    pub async fn send(&mut self, reader: &mut Reader<'_>, taken: Taken, copy: Republish, message_id: Option<String>) -> Result<Vec<Outcome>, DlqError> {
+    pub async fn send(
+        &mut self,
+        reader: &mut Reader<'_>,
+        taken: Taken,
+        copy: Republish,
+        message_id: Option<String>,
+    ) -> Result<Vec<Outcome>, DlqError> {
         let mut settled = Vec::new();
         if self.window.len() >= WINDOW {
             settled.extend(self.settle_oldest(reader).await);
@@ -134,13 +140,7 @@ impl Replayer {
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         let confirm = self
             .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                copy.routing_key.as_str().into(),
-                options,
-                &taken.delivery.data,
-                copy.properties,
-            )
+            .basic_publish(self.exchange.as_str().into(), copy.routing_key.as_str().into(), options, &taken.delivery.data, copy.properties)
             .await?;
         self.window.push_back(InFlight { taken, message_id, confirm });
         Ok(settled)

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::letter::{DeadLetter, Reason};
-use crate::contract::rfc3339;
 use crate::beijing;
+use crate::contract::rfc3339;
 
 /// Shown for a transaction or institution the body does not name.
 const UNKNOWN: &str = "-";
@@ -96,14 +96,8 @@ impl Stats {
     /// times in Beijing time.
     pub fn table(&self) -> String {
         let time = |t: Option<DateTime<Utc>>| t.map_or_else(|| UNKNOWN.to_owned(), beijing::format);
-        let mut rows: Vec<[String; 6]> = vec![[
-            "REASON".into(),
-            "INFNO".into(),
-            "INSTITUTION".into(),
-            "COUNT".into(),
-            "OLDEST FAILURE".into(),
-            "NEWEST FAILURE".into(),
-        ]];
+        let mut rows: Vec<[String; 6]> =
+            vec![["REASON".into(), "INFNO".into(), "INSTITUTION".into(), "COUNT".into(), "OLDEST FAILURE".into(), "NEWEST FAILURE".into()]];
         for ((reason, infno, institution), tally) in &self.groups {
             rows.push([
                 reason.as_str().into(),

@@ -147,8 +147,7 @@ impl Index {
                     break;
                 }
                 let Some(earlier) = self.claims.get(other) else { continue };
-                if earlier.seen.elapsed() > self.claim_ttl || earlier.holder.as_deref().is_some_and(&gone)
-                {
+                if earlier.seen.elapsed() > self.claim_ttl || earlier.holder.as_deref().is_some_and(&gone) {
                     continue;
                 }
                 // Whatever its version: a newer one supersedes this row only once it is
@@ -239,12 +238,8 @@ impl Index {
     }
 
     fn drop_expired_claims(&mut self) {
-        let expired: Vec<String> = self
-            .claims
-            .iter()
-            .filter(|(_, c)| c.seen.elapsed() > self.claim_ttl)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let expired: Vec<String> =
+            self.claims.iter().filter(|(_, c)| c.seen.elapsed() > self.claim_ttl).map(|(id, _)| id.clone()).collect();
         for id in expired {
             self.release(&id);
         }
@@ -289,7 +284,14 @@ mod tests {
             msgid: "m".into(),
             return_code: 1,
             at: Utc::now(),
-            rows: vec![ReceiptRow { key: key.into(), version, quantity: Decimal::ONE, price: Decimal::ONE, time: String::new(), fingerprint }],
+            rows: vec![ReceiptRow {
+                key: key.into(),
+                version,
+                quantity: Decimal::ONE,
+                price: Decimal::ONE,
+                time: String::new(),
+                fingerprint,
+            }],
         })
     }
 
@@ -321,7 +323,11 @@ mod tests {
         index.apply(claim("d", &[("k", Some(9))]));
         index.apply(claim("e", &[("k", Some(3))]));
         index.apply(Entry::Release { claim: "b".into() });
-        assert_eq!(index.turns("e", &[None; 1], no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "a newer version claimed first: wait for it");
+        assert_eq!(
+            index.turns("e", &[None; 1], no_one_gone),
+            Err(Blocked { holders: vec!["w1".into()] }),
+            "a newer version claimed first: wait for it"
+        );
         index.apply(receipt("k", Some(9)));
         index.apply(Entry::Release { claim: "d".into() });
         assert_eq!(index.turns("e", &[None; 1], no_one_gone), Ok(vec![Turn::Superseded]), "the newer version was accepted");

@@ -281,7 +281,13 @@ impl Ledger {
     /// Claims the keys, waits for earlier claims on them to end, and returns each row's
     /// turn, in order; `copies` as in [`Index::turns`]. The claim must be released with
     /// [`Ledger::release`].
-    pub async fn claim(&self, institution: &str, infno: Infno, keys: Vec<(String, Option<u64>)>, copies: &[Option<Fingerprint>]) -> Result<(String, Vec<Turn>), LogError> {
+    pub async fn claim(
+        &self,
+        institution: &str,
+        infno: Infno,
+        keys: Vec<(String, Option<u64>)>,
+        copies: &[Option<Fingerprint>],
+    ) -> Result<(String, Vec<Turn>), LogError> {
         let id = nonce();
         let holder = Some(self.holder.clone());
         let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder };

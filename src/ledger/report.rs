@@ -186,7 +186,10 @@ mod tests {
         let text = table(&lines);
         assert!(text.lines().last().unwrap().starts_with("total"), "{text}");
         let csv = csv(&lines).unwrap();
-        assert!(csv.starts_with("institution,infno,movement,rows_reported,distinct_keys,corrections,total_quantity,total_amount\n"), "{csv}");
+        assert!(
+            csv.starts_with("institution,infno,movement,rows_reported,distinct_keys,corrections,total_quantity,total_amount\n"),
+            "{csv}"
+        );
         assert!(csv.contains("H1,ELS7002,drug stock-in,3,2,1,13,33"), "{csv}");
     }
 

@@ -107,11 +107,7 @@ impl PlatformClient {
         let msgid = self.msgids.next(&institution.fixmedins_code).await;
         let now = Utc::now();
         let envelope = Envelope::new(institution, infno, msgid.clone(), now, input);
-        let headers = CsbHeaders::new(
-            &institution.csb_access_key,
-            institution.csb_secret_key().expose_secret(),
-            now.timestamp_millis(),
-        );
+        let headers = CsbHeaders::new(&institution.csb_access_key, institution.csb_secret_key().expose_secret(), now.timestamp_millis());
         let mut request = self.http.post(&self.url).json(&envelope);
         for (name, value) in headers.pairs() {
             request = request.header(name, value);

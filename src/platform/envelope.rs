@@ -146,10 +146,7 @@ impl MsgIdSlot {
                 return Ok(MsgIdSlot { slot, _lock: file });
             }
         }
-        Err(std::io::Error::other(format!(
-            "all {MSGID_SLOTS} msgid slots in {} are held by other els-bridge processes",
-            dir.display()
-        )))
+        Err(std::io::Error::other(format!("all {MSGID_SLOTS} msgid slots in {} are held by other els-bridge processes", dir.display())))
     }
 }
 

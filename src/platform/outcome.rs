@@ -176,9 +176,7 @@ impl fmt::Display for Outcome {
             Outcome::Misconfigured { code: Some(code), message } | Outcome::Transient { code: Some(code), message } => {
                 write!(f, "returnCode {code}: {message}")
             }
-            Outcome::Misconfigured { code: None, message } | Outcome::Transient { code: None, message } => {
-                f.write_str(message)
-            }
+            Outcome::Misconfigured { code: None, message } | Outcome::Transient { code: None, message } => f.write_str(message),
         }
     }
 }

@@ -374,7 +374,12 @@ mod tests {
     #[test]
     fn expiry_is_read_as_beijing_time_or_epoch() {
         let expected = DateTime::parse_from_rfc3339("2026-11-25T02:30:00Z").unwrap().with_timezone(&Utc);
-        for expire in [json!("2026-11-25 10:30:00"), json!(expected.timestamp()), json!(expected.timestamp_millis()), json!(expected.timestamp_millis().to_string())] {
+        for expire in [
+            json!("2026-11-25 10:30:00"),
+            json!(expected.timestamp()),
+            json!(expected.timestamp_millis()),
+            json!(expected.timestamp_millis().to_string()),
+        ] {
             let token = read_token(&data(json!({"accessToken": "t", "expireTime": expire}))).unwrap();
             assert_eq!(token.expires_at, expected, "{expire}");
         }

@@ -16,8 +16,8 @@ use chrono::Utc;
 use tracing::info;
 
 use super::api::{
-    AdminError, CallFilter, CallsPage, Counters, ErrorRate, FaultsView, Latency, Outage, RecordFilter, RecordsPage,
-    Refusals, SettingsView, Timeouts, TokensView,
+    AdminError, CallFilter, CallsPage, Counters, ErrorRate, FaultsView, Latency, Outage, RecordFilter, RecordsPage, Refusals, SettingsView,
+    Timeouts, TokensView,
 };
 use super::faults::{Faults, InvalidFault};
 use super::state::Simulator;

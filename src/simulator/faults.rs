@@ -97,11 +97,7 @@ impl Faults {
             Some(Injected::Outage)
         } else if let Some(timeouts) = state.timeouts.as_mut().filter(|t| t.next > 0 || roll(t.rate)) {
             timeouts.next = timeouts.next.saturating_sub(1);
-            Some(Injected::Timeout {
-                mode: timeouts.mode,
-                hang: Duration::from_millis(timeouts.hang_ms),
-                processed: timeouts.processed,
-            })
+            Some(Injected::Timeout { mode: timeouts.mode, hang: Duration::from_millis(timeouts.hang_ms), processed: timeouts.processed })
         } else {
             state.errors.filter(|e| roll(e.rate)).map(|e| Injected::Error(e.answer))
         };
@@ -213,9 +209,7 @@ mod tests {
         let faults = Faults::default();
         let now = Utc::now();
         assert_eq!(faults.plan(now), Plan { delay: Duration::ZERO, injected: None });
-        faults
-            .set_timeouts(Timeouts { next: 2, rate: 0.0, mode: TimeoutMode::Close, hang_ms: 1, processed: false })
-            .expect("valid");
+        faults.set_timeouts(Timeouts { next: 2, rate: 0.0, mode: TimeoutMode::Close, hang_ms: 1, processed: false }).expect("valid");
         faults.set_errors(ErrorRate { rate: 1.0, answer: ErrorAnswer::ReturnCode(6) }).expect("valid");
         let timeout = Some(Injected::Timeout { mode: TimeoutMode::Close, hang: Duration::from_millis(1), processed: false });
         assert_eq!(faults.plan(now).injected, timeout);

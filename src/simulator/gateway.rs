@@ -68,9 +68,7 @@ impl Gateway {
 
     /// The institution that signed the call, or why the call is refused.
     pub fn check(&self, headers: &HeaderMap, now: DateTime<Utc>) -> Result<&Institution, GatewayError> {
-        let header = |name: &'static str| {
-            headers.get(name).and_then(|v| v.to_str().ok()).ok_or(GatewayError::MissingHeader(name))
-        };
+        let header = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or(GatewayError::MissingHeader(name));
         let timestamp = header("_api_timestamp")?;
         let name = header("_api_name")?;
         let version = header("_api_version")?;

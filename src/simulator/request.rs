@@ -128,9 +128,7 @@ fn check_field(value: &str, max: usize, required: bool, shape: Shape, fixmedins_
 /// `fixmedins_code` (12) + `yyyyMMddHHmmss` (14) + 4 digits.
 fn is_msgid(msgid: &str, fixmedins_code: &str) -> bool {
     let Some(rest) = msgid.strip_prefix(fixmedins_code) else { return false };
-    rest.len() == 18
-        && rest.bytes().all(|b| b.is_ascii_digit())
-        && NaiveDateTime::parse_from_str(&rest[..14], "%Y%m%d%H%M%S").is_ok()
+    rest.len() == 18 && rest.bytes().all(|b| b.is_ascii_digit()) && NaiveDateTime::parse_from_str(&rest[..14], "%Y%m%d%H%M%S").is_ok()
 }
 
 #[cfg(test)]

@@ -64,10 +64,7 @@ impl Tokens {
     /// Whether `token` is `institution`'s current token and has not expired.
     pub fn accepts(&self, institution: &str, token: &str, now: DateTime<Utc>) -> bool {
         let holders = lock(&self.holders);
-        holders
-            .get(institution)
-            .and_then(|h| h.current.as_ref())
-            .is_some_and(|t| t.value == token && now < t.expires_at)
+        holders.get(institution).and_then(|h| h.current.as_ref()).is_some_and(|t| t.value == token && now < t.expires_at)
     }
 
     /// Tokens issued since start or the last reset, all institutions together.

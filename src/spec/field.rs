@@ -60,10 +60,10 @@ impl fmt::Display for Rule {
                 write!(f, "must be one of {}", allowed.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", "))
             }
             Rule::MaxLength(max) => write!(f, "must be at most {max} characters"),
-            Rule::Decimal => f.write_str(
-                "must be a non-negative decimal with at most 12 digits, 4 of them after the point",
-            ),
-            Rule::DateTime => f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\") from the year 1900 on, without leap seconds"),
+            Rule::Decimal => f.write_str("must be a non-negative decimal with at most 12 digits, 4 of them after the point"),
+            Rule::DateTime => {
+                f.write_str("must be a time \"yyyy-MM-dd HH:mm:ss\" (or a date \"yyyy-MM-dd\") from the year 1900 on, without leap seconds")
+            }
             Rule::Type => f.write_str("must be text or a number"),
             Rule::ControlCharacter => f.write_str("must not contain control characters (NUL, line breaks, tabs, escapes)"),
             Rule::Unknown => f.write_str("is not a field of this transaction"),
@@ -305,7 +305,9 @@ mod tests {
 
     #[test]
     fn json_number_tokens_are_judged_on_their_exact_text() {
-        for (token, expected) in [("12.3400", Some("12.34")), ("1.00000000000000001", None), ("12.3400000000000001", None), ("1e2", None), ("1E2", None)] {
+        for (token, expected) in
+            [("12.3400", Some("12.34")), ("1.00000000000000001", None), ("12.3400000000000001", None), ("1e2", None), ("1E2", None)]
+        {
             let number: Value = serde_json::from_str(token).unwrap();
             assert_eq!(dec(number).as_deref(), expected, "{token}");
         }
@@ -342,7 +344,18 @@ mod tests {
     fn times_accept_full_times_and_bare_dates_only() {
         assert_eq!(PlatformTime::parse("2022-07-14 08:09:10").unwrap().to_string(), "2022-07-14 08:09:10");
         assert_eq!(PlatformTime::parse("2022-07-14").unwrap().to_string(), "2022-07-14 00:00:00");
-        for bad in ["2022-7-14", "2022-07-14T08:09:10", "2022-07-14 8:09:10", "2022-02-30", "2022-07-14 24:00:00", "", "20220714", "2016-12-31 23:59:60", "0000-01-01", "1899-12-31 23:59:59"] {
+        for bad in [
+            "2022-7-14",
+            "2022-07-14T08:09:10",
+            "2022-07-14 8:09:10",
+            "2022-02-30",
+            "2022-07-14 24:00:00",
+            "",
+            "20220714",
+            "2016-12-31 23:59:60",
+            "0000-01-01",
+            "1899-12-31 23:59:59",
+        ] {
             assert_eq!(PlatformTime::parse(bad), None, "{bad:?} must be refused");
         }
     }
@@ -374,7 +387,10 @@ mod tests {
                 ("zzz", Rule::OtherKind("consumable")),
             ]
         );
-        assert_eq!(errors[2].to_string(), "c: must be a non-negative decimal with at most 12 digits, 4 of them after the point (got \"-3\")");
+        assert_eq!(
+            errors[2].to_string(),
+            "c: must be a non-negative decimal with at most 12 digits, 4 of them after the point (got \"-3\")"
+        );
     }
 
     #[test]

@@ -40,14 +40,7 @@ pub enum Infno {
 
 impl Infno {
     /// The six upload transactions, in order.
-    pub const UPLOADS: [Infno; 6] = [
-        Infno::Els7002,
-        Infno::Els7003,
-        Infno::Els7004,
-        Infno::Els7005,
-        Infno::Els7006,
-        Infno::Els7007,
-    ];
+    pub const UPLOADS: [Infno; 6] = [Infno::Els7002, Infno::Els7003, Infno::Els7004, Infno::Els7005, Infno::Els7006, Infno::Els7007];
 
     /// The 7-character code sent on the wire, e.g. `ELS7002`.
     pub fn as_str(self) -> &'static str {

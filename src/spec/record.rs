@@ -290,7 +290,11 @@ impl Record {
     pub fn unknown_columns(infno: Infno, columns: &[String]) -> Vec<FieldError> {
         let row: Map<String, Value> = columns.iter().map(|name| (name.clone(), Value::Null)).collect();
         let errors = Record::parse(infno, &row).err().map(|e| e.0).unwrap_or_default();
-        errors.into_iter().filter(|e| matches!(e.rule, super::Rule::Unknown | super::Rule::OtherKind(_))).map(|e| FieldError { value: None, ..e }).collect()
+        errors
+            .into_iter()
+            .filter(|e| matches!(e.rule, super::Rule::Unknown | super::Rule::OtherKind(_)))
+            .map(|e| FieldError { value: None, ..e })
+            .collect()
     }
 
     /// Validates a row given as any JSON value (it must be an object).

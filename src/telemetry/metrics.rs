@@ -257,7 +257,8 @@ pub fn watch(
     for reason in DEAD_LETTER_REASONS {
         metrics.dead_letters.add(0, &[KeyValue::new("reason", reason)]);
     }
-    *WATCHED.write().unwrap_or_else(|e| e.into_inner()) = Some(Watched { held: Box::new(held), consuming: Box::new(consuming), institutions });
+    *WATCHED.write().unwrap_or_else(|e| e.into_inner()) =
+        Some(Watched { held: Box::new(held), consuming: Box::new(consuming), institutions });
 }
 
 /// Records of the institution's `transaction` accepted by the platform: `uploaded` events
@@ -284,7 +285,11 @@ fn add_records(code: &str, transaction: Infno, outcome: RecordOutcome, count: us
 /// event names the institution `code` and `transaction` if they can be told.
 pub fn dead_lettered(code: Option<&str>, transaction: Option<Infno>, reason: &'static str) {
     INSTRUMENTS.dead_letters.add(1, &[KeyValue::new("reason", reason)]);
-    let labels = [KeyValue::new("institution", code.unwrap_or(UNKNOWN).to_owned()), KeyValue::new("infno", transaction.map_or(UNKNOWN, Infno::as_str)), KeyValue::new("outcome", reason)];
+    let labels = [
+        KeyValue::new("institution", code.unwrap_or(UNKNOWN).to_owned()),
+        KeyValue::new("infno", transaction.map_or(UNKNOWN, Infno::as_str)),
+        KeyValue::new("outcome", reason),
+    ];
     INSTRUMENTS.records.add(1, &labels);
 }
 

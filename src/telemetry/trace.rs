@@ -164,7 +164,8 @@ mod tests {
             Default::default(),
         );
         let mut table = FieldTable::default();
-        TraceContextPropagator::new().inject_context(&Context::new().with_remote_span_context(context.clone()), &mut HeadersMut(&mut table));
+        TraceContextPropagator::new()
+            .inject_context(&Context::new().with_remote_span_context(context.clone()), &mut HeadersMut(&mut table));
         assert_eq!(remote_context(&table).map(|c| (c.trace_id(), c.span_id())), Some((context.trace_id(), context.span_id())));
     }
 

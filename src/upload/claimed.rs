@@ -26,7 +26,14 @@ pub struct Claimed<T> {
 /// accepted call before returning, and releases the claim. If the ledger fails, the rows
 /// come back unsettled as a transient failure (sent again later, which is harmless for
 /// the same version).
-pub async fn upload<T: Provenance>(ledger: &Ledger, uploader: &Uploader, institution: &Institution, infno: Infno, rows: Vec<Row<T>>, calls: &mut u64) -> Claimed<T> {
+pub async fn upload<T: Provenance>(
+    ledger: &Ledger,
+    uploader: &Uploader,
+    institution: &Institution,
+    infno: Infno,
+    rows: Vec<Row<T>>,
+    calls: &mut u64,
+) -> Claimed<T> {
     let code = &institution.fixmedins_code;
     let keys = rows.iter().map(|r| (r.record.key().to_owned(), r.source.version())).collect();
     let copies: Vec<Option<Fingerprint>> = rows.iter().map(|r| r.source.fingerprint().filter(|_| r.source.may_be_a_copy())).collect();

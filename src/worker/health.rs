@@ -67,7 +67,8 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         held.into_iter().map(|(code, reason)| (code, json!(reason))).collect()
     };
     let status = if consuming { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({ "consuming": consuming, "held_institutions": listed(health.held()), "failing_institutions": listed(health.failing()) });
+    let body =
+        json!({ "consuming": consuming, "held_institutions": listed(health.held()), "failing_institutions": listed(health.failing()) });
     (status, Json(body))
 }
 

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::retry::Backoff;
 
-
 /// Transient failures in a row after which an institution is held as failing.
 pub const FAILURES_TO_HOLD: u32 = 3;
 
@@ -173,13 +172,8 @@ impl Holds {
 
     fn listed(&self, which: impl Fn(&Hold, Instant) -> bool) -> Vec<(String, String)> {
         let now = Instant::now();
-        let mut listed: Vec<_> = self
-            .lock()
-            .holds
-            .iter()
-            .filter(|(_, hold)| which(hold, now))
-            .map(|(code, hold)| (code.clone(), hold.reason.clone()))
-            .collect();
+        let mut listed: Vec<_> =
+            self.lock().holds.iter().filter(|(_, hold)| which(hold, now)).map(|(code, hold)| (code.clone(), hold.reason.clone())).collect();
         listed.sort();
         listed
     }

@@ -196,15 +196,19 @@ async fn connect_and_run(
 /// Declares the topology and sets up what a session's batches need on `connection`: the
 /// token store, a msgid slot, the publisher and the ledger; and a token cancelled when
 /// the token or ledger stream is lost.
-async fn prepare(config: &Config, amqp: &AmqpSettings, holds: &Holds, connection: &Connection) -> Result<(Pipeline, CancellationToken), BrokerError> {
+async fn prepare(
+    config: &Config,
+    amqp: &AmqpSettings,
+    holds: &Holds,
+    connection: &Connection,
+) -> Result<(Pipeline, CancellationToken), BrokerError> {
     let topology = Topology::new(amqp, &config.retry);
     let declared = topology.declare(connection).await?;
     warn_of_delivery_limit(&declared);
 
     let store = broker::token_store::start(connection, &amqp.name_prefix).await?;
     let slot = broker::msgid_slot::claim_msgid_slot(connection, &amqp.name_prefix).await?;
-    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))
-        .map_err(|e| BrokerError::Setup(e.to_string()))?;
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot))).map_err(|e| BrokerError::Setup(e.to_string()))?;
     let publisher = Publisher::open(connection).await?;
     let codes: Arc<[String]> = config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect();
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone(), codes);

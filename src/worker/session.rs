@@ -7,8 +7,8 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
 use futures_util::future::join_all;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -69,9 +69,7 @@ impl Session<'_> {
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let queue = self.amqp.queue.as_str();
-        let mut consumer = channel
-            .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+        let mut consumer = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         let consumer_tag = consumer.tag();
         (self.on_consuming)(true);
         tracing::info!(queue, prefetch, "consuming");
@@ -111,7 +109,9 @@ impl Session<'_> {
                 }
             }
             let lead = self.lead();
-            let next_flush = lanes.next_deadline().map_or_else(|| Instant::now() + Duration::from_secs(3600), |deadline| deadline.checked_sub(lead).unwrap_or(deadline));
+            let next_flush = lanes
+                .next_deadline()
+                .map_or_else(|| Instant::now() + Duration::from_secs(3600), |deadline| deadline.checked_sub(lead).unwrap_or(deadline));
             tokio::select! {
                 () = shutdown.cancelled(), if !draining => {
                     tracing::info!(waiting = lanes.waiting(), in_flight = tasks.len(), "shutting down: no new deliveries; flushing and settling");
@@ -182,7 +182,13 @@ impl Session<'_> {
 
     /// Validates a delivery; an invalid one is dead-lettered, a valid one joins its lane
     /// (returning the lane's batch when it is full).
-    fn intake(&self, tasks: &mut JoinSet<Done>, lanes: &mut Lanes<Delivery>, codes: &[&str], delivery: Delivery) -> Option<Batch<Delivery>> {
+    fn intake(
+        &self,
+        tasks: &mut JoinSet<Done>,
+        lanes: &mut Lanes<Delivery>,
+        codes: &[&str],
+        delivery: Delivery,
+    ) -> Option<Batch<Delivery>> {
         match event::parse_at_most(&delivery.data, self.config.worker.max_event_bytes, Institutions::Known(codes)) {
             Ok(event) => {
                 let lane = LaneKey { fixmedins_code: event.fixmedins_code, infno: event.record.infno() };

@@ -30,9 +30,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use super::acks::Tag;
 use super::holds::Holds;
 use crate::broker::publisher::{copy_properties, fit_headers};
+use crate::broker::{Publisher, Topology};
 use crate::contract::{Reason, RetryState, header, rfc3339};
 use crate::event;
-use crate::broker::{Publisher, Topology};
 use crate::platform::Outcome;
 use crate::retry::Backoff;
 use crate::upload::Settled;
@@ -148,7 +148,8 @@ impl Settler {
                             if matches!(outcome, Outcome::Transient { .. }) {
                                 self.holds.failed(institution, &outcome.to_string());
                             }
-                            let moved = join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome, Duration::ZERO))).await;
+                            let moved =
+                                join_all(deliveries.iter().map(|delivery| self.retry_later(delivery, &outcome, Duration::ZERO))).await;
                             settlement.add(Settlement::moved(deliveries.into_iter().zip(moved)));
                         }
                     }
@@ -346,6 +347,4 @@ mod tests {
         assert!(cut.ends_with("… (500 more characters)"), "{}", &cut[990..]);
         assert_eq!(cut.chars().filter(|c| *c == 'x').count(), ERROR_CHARS);
     }
-
-
 }

@@ -70,17 +70,13 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 
 /// Like [`rabbitmqctl`], but returns the failure as a message.
 pub fn try_rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run `rabbitmqctl {}`: {e}. The integration tests need the local RabbitMQ \
+    let output = Command::new("rabbitmqctl").arg("-q").args(args).output().map_err(|e| {
+        format!(
+            "cannot run `rabbitmqctl {}`: {e}. The integration tests need the local RabbitMQ \
              node: run them with scripts/test.sh (it installs and starts the broker), as root",
-                args.join(" ")
-            )
-        })?;
+            args.join(" ")
+        )
+    })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
@@ -133,10 +129,7 @@ impl Drop for TestVhost {
     fn drop(&mut self) {
         // Never panic here: a panic while a failed test unwinds would abort the process.
         if let Err(error) = try_rabbitmqctl(&["delete_vhost", &self.name]) {
-            eprintln!(
-                "warning: could not delete test vhost {}: {error}",
-                self.name
-            );
+            eprintln!("warning: could not delete test vhost {}: {error}", self.name);
         }
     }
 }
@@ -145,47 +138,18 @@ impl Drop for TestVhost {
 /// test's name) only makes the vhost recognisable in `rabbitmqctl list_vhosts`.
 pub fn unique_vhost(label: &str) -> TestVhost {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let label: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "{VHOST_PREFIX}{label}-{}-{}-{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos % 0x1_0000_0000,
-    );
+    let label: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let name =
+        format!("{VHOST_PREFIX}{label}-{}-{}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos % 0x1_0000_0000,);
     let base = amqp_url();
     let user = url_user(&base);
     rabbitmqctl(&["add_vhost", &name]);
     // From here on the vhost exists: let Drop delete it should set_permissions fail.
-    let vhost = TestVhost {
-        url: url_with_vhost(&base, &name),
-        name,
-    };
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &vhost.name,
-        &user,
-        ".*",
-        ".*",
-        ".*",
-    ]);
+    let vhost = TestVhost { url: url_with_vhost(&base, &name), name };
+    rabbitmqctl(&["set_permissions", "-p", &vhost.name, &user, ".*", ".*", ".*"]);
     vhost
 }
-
 
 /// The messages of one queue, as `rabbitmqctl list_queues` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -197,10 +161,7 @@ pub struct QueueCounts {
 }
 
 impl QueueCounts {
-    pub const EMPTY: QueueCounts = QueueCounts {
-        ready: 0,
-        unacked: 0,
-    };
+    pub const EMPTY: QueueCounts = QueueCounts { ready: 0, unacked: 0 };
 
     pub fn new(ready: u64, unacked: u64) -> Self {
         QueueCounts { ready, unacked }
@@ -214,23 +175,9 @@ impl QueueCounts {
 
 /// The message counts of every queue of `vhost`, by queue name (empty for an unknown vhost).
 pub fn list_queue_counts(vhost: &str) -> BTreeMap<String, QueueCounts> {
-    let args = [
-        "list_queues",
-        "-p",
-        vhost,
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-        "--formatter",
-        "json",
-    ];
+    let args = ["list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged", "--formatter", "json"];
     let output = rabbitmqctl(&args);
-    parse_queue_counts(&output).unwrap_or_else(|error| {
-        panic!(
-            "cannot read `rabbitmqctl {}`: {error}\n{output}",
-            args.join(" ")
-        )
-    })
+    parse_queue_counts(&output).unwrap_or_else(|error| panic!("cannot read `rabbitmqctl {}`: {error}\n{output}", args.join(" ")))
 }
 
 /// The message counts of `queue` in `vhost`; `None` if there is no such queue.
@@ -248,9 +195,7 @@ pub fn wait_for_counts(vhost: &str, queue: &str, expected: QueueCounts, timeout:
             return;
         }
         if Instant::now() >= deadline {
-            panic!(
-                "queue {queue:?} of vhost {vhost:?}: expected {expected:?} within {timeout:?}, last seen {seen:?}"
-            );
+            panic!("queue {queue:?} of vhost {vhost:?}: expected {expected:?} within {timeout:?}, last seen {seen:?}");
         }
         sleep(Duration::from_millis(200));
     }
@@ -268,14 +213,8 @@ fn parse_queue_counts(json: &str) -> Result<BTreeMap<String, QueueCounts>, Strin
     };
     rows.iter()
         .map(|row| {
-            let name = row["name"]
-                .as_str()
-                .ok_or("a queue without a name")?
-                .to_owned();
-            let counts = QueueCounts {
-                ready: count(row, "messages_ready")?,
-                unacked: count(row, "messages_unacknowledged")?,
-            };
+            let name = row["name"].as_str().ok_or("a queue without a name")?.to_owned();
+            let counts = QueueCounts { ready: count(row, "messages_ready")?, unacked: count(row, "messages_unacknowledged")? };
             Ok((name, counts))
         })
         .collect()
@@ -318,8 +257,7 @@ impl BrokerOutage {
 impl Drop for BrokerOutage {
     fn drop(&mut self) {
         if !self.restarted {
-            let started = try_rabbitmqctl(&["start_app"])
-                .and_then(|_| try_rabbitmqctl(&["await_startup", "--timeout", "120"]));
+            let started = try_rabbitmqctl(&["start_app"]).and_then(|_| try_rabbitmqctl(&["await_startup", "--timeout", "120"]));
             if let Err(error) = started {
                 eprintln!("warning: could not restart the broker after an outage: {error}");
             }
@@ -341,19 +279,13 @@ pub fn wait_for_amqp_port(timeout: Duration) {
     let address = url_host_port(&url);
     let deadline = Instant::now() + timeout;
     loop {
-        let connected = address
-            .to_socket_addrs()
-            .ok()
-            .into_iter()
-            .flatten()
-            .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+        let connected =
+            address.to_socket_addrs().ok().into_iter().flatten().any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
         if connected {
             return;
         }
         if Instant::now() >= deadline {
-            panic!(
-                "nothing accepts connections on {address} after {timeout:?}: is the broker running? (scripts/test.sh)"
-            );
+            panic!("nothing accepts connections on {address} after {timeout:?}: is the broker running? (scripts/test.sh)");
         }
         sleep(Duration::from_millis(200));
     }
@@ -369,10 +301,7 @@ fn url_authority(url: &str) -> (&str, &str, &str) {
 /// The URL with its path replaced by `vhost` (a name that needs no percent-encoding).
 fn url_with_vhost(url: &str, vhost: &str) -> String {
     let (scheme, authority, path_and_query) = url_authority(url);
-    let query = path_and_query
-        .find('?')
-        .map(|i| &path_and_query[i..])
-        .unwrap_or("");
+    let query = path_and_query.find('?').map(|i| &path_and_query[i..]).unwrap_or("");
     format!("{scheme}://{authority}/{vhost}{query}")
 }
 
@@ -388,10 +317,7 @@ fn url_user(url: &str) -> String {
 /// `host:port` of the URL (port 5672 or, for amqps, 5671 when none is given).
 fn url_host_port(url: &str) -> String {
     let (scheme, authority, _) = url_authority(url);
-    let host_port = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
+    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     let has_port = match host_port.rfind(']') {
         Some(bracket) => host_port[bracket..].contains(':'),
         None => host_port.contains(':'),
@@ -409,9 +335,7 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
         if let (b'%', Some(hex)) = (bytes[i], hex) {
             let hex = std::str::from_utf8(hex).expect("ASCII hex digits");
             out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));

@@ -15,11 +15,23 @@ pub fn row(infno: Infno, key: &str, quantity: &str) -> Map<String, Value> {
     let mut row = Map::new();
     row.insert(infno.key_field().into(), json!(key));
     if is_drug(infno) {
-        for (k, v) in [("drug_code", "XJ01CAA040A001010101445"), ("drug_genname", "阿莫西林胶囊"), ("dosform", "胶囊剂"), ("convrat", "24"), ("pacunt", "盒")] {
+        for (k, v) in [
+            ("drug_code", "XJ01CAA040A001010101445"),
+            ("drug_genname", "阿莫西林胶囊"),
+            ("dosform", "胶囊剂"),
+            ("convrat", "24"),
+            ("pacunt", "盒"),
+        ] {
             row.insert(k.into(), json!(v));
         }
     } else {
-        for (k, v) in [("mcs_code", "C14010205200000000000000012"), ("prod_name", "一次性使用无菌注射器"), ("mol", "5ml"), ("unt", "支"), ("regcert", "苏械注准20152150001")] {
+        for (k, v) in [
+            ("mcs_code", "C14010205200000000000000012"),
+            ("prod_name", "一次性使用无菌注射器"),
+            ("mol", "5ml"),
+            ("unt", "支"),
+            ("regcert", "苏械注准20152150001"),
+        ] {
             row.insert(k.into(), json!(v));
         }
     }

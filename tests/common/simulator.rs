@@ -31,8 +31,8 @@ use els_bridge::config::Config;
 use els_bridge::platform::sign::CsbHeaders;
 use els_bridge::platform::{Envelope, MsgIds};
 use els_bridge::simulator::api::{
-    CallFilter, CallsPage, Counters, ErrorRate, FaultsView, Latency, Outage, RecordFilter, RecordsPage, Refusals,
-    SettingsView, Timeouts, TokensView,
+    CallFilter, CallsPage, Counters, ErrorRate, FaultsView, Latency, Outage, RecordFilter, RecordsPage, Refusals, SettingsView, Timeouts,
+    TokensView,
 };
 use els_bridge::spec::Infno;
 use reqwest::{StatusCode, Url};
@@ -258,10 +258,7 @@ impl TestSimulator {
             outcome => {
                 let _ = child.kill();
                 let status = child.wait();
-                panic!(
-                    "the simulator did not print its address ({outcome:?}, {status:?}); its log:\n{}",
-                    read_log(&log_path)
-                );
+                panic!("the simulator did not print its address ({outcome:?}, {status:?}); its log:\n{}", read_log(&log_path));
             }
         };
         let addr: SocketAddr = line
@@ -352,8 +349,7 @@ impl TestSimulator {
 
     /// POSTs `body` to `path` with `headers` (none when `None`).
     pub async fn post(&self, path: &str, headers: Option<&CsbHeaders>, body: impl Into<reqwest::Body>) -> Answer {
-        let mut request =
-            self.http.post(format!("{}{path}", self.base_url())).header("Content-Type", "application/json").body(body);
+        let mut request = self.http.post(format!("{}{path}", self.base_url())).header("Content-Type", "application/json").body(body);
         for (name, value) in headers.map(CsbHeaders::pairs).into_iter().flatten() {
             request = request.header(name, value);
         }

@@ -14,7 +14,9 @@ use els_bridge::config::{AmqpSettings, RetrySettings};
 
 use super::broker::{TestVhost, unique_vhost};
 use super::simulator::TestSimulator;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -158,7 +160,6 @@ impl World {
     pub async fn with_institutions(label: &str, institutions: usize) -> World {
         World::new(label, TestSimulator::builder().institutions(institutions).start()).await
     }
-
 }
 
 /// Writes the configuration of a fast test worker (see [`worker_toml`]) for `sim` and
@@ -221,11 +222,7 @@ impl Amqp {
     /// Publishes events to `els.events` (routing key `<infno>.<code>`), confirmed one by one.
     pub async fn publish(&self, events: &[Value]) {
         for (i, event) in events.iter().enumerate() {
-            let key = format!(
-                "{}.{}",
-                event["infno"].as_str().unwrap_or("x"),
-                event["fixmedins_code"].as_str().unwrap_or("x")
-            );
+            let key = format!("{}.{}", event["infno"].as_str().unwrap_or("x"), event["fixmedins_code"].as_str().unwrap_or("x"));
             self.publish_raw(&key, event.to_string().as_bytes(), &format!("test-{i}")).await;
         }
     }
@@ -259,15 +256,11 @@ impl Amqp {
     /// Takes every message of `queue` (acking them).
     pub async fn take_all(&self, queue: &str) -> Vec<Message> {
         let mut messages = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .expect("basic.get")
-        {
+        while let Some(message) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
             let delivery = message.delivery;
             delivery.ack(BasicAckOptions::default()).await.expect("ack");
-            let body = serde_json::from_slice(&delivery.data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&delivery.data).into_owned()));
+            let body = serde_json::from_slice(&delivery.data)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&delivery.data).into_owned()));
             messages.push(Message { body, headers: headers(delivery.properties.headers()), properties: delivery.properties });
         }
         messages
