@@ -9,7 +9,8 @@
 #    built on first use and cached, with transient non-exclusive queues, global QoS and the
 #    queue master locator denied) on 127.0.0.1:5673, and Debian 12's 3.10.8 on 5672;
 #    removes test vhosts a killed earlier run left behind;
-# 3. cargo build --all-targets, and the offline checks of the deployment files;
+# 3. cargo fmt --check and cargo clippy --all-targets -D warnings (before the brokers start),
+#    cargo build --all-targets, and the offline checks of the deployment files;
 # 4. the whole suite (cargo test --all-targets) on RabbitMQ 4.3, the broker hospitals
 #    deploy now; then again on 3.10.8, the oldest supported; each part prints the broker
 #    version it ran on and how long it took. The tests reach a node through
@@ -55,6 +56,14 @@ if ((${#missing[@]})); then
     export ELS_APT_UPDATED=1 # scripts/rabbitmq.sh need not update again
     apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 fi
+
+# --- style -------------------------------------------------------------------------------
+# Formatting and lints first: they take seconds and need no broker.
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+step "cargo fmt --check (rustfmt.toml)"
+cargo fmt --check || fail "cargo fmt --check: run cargo fmt"
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings || fail "cargo clippy --all-targets -- -D warnings"
 
 # --- brokers -----------------------------------------------------------------------------
 declare -A broker_secs
