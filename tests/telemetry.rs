@@ -37,11 +37,6 @@ fn test_retry() -> RetrySettings {
     RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
 }
 
-/// A free loopback port for a worker's HTTP endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// One sample of a Prometheus text exposition.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -189,10 +184,10 @@ async fn metrics_count_what_the_platform_received_and_what_was_dead_lettered() {
         amqp.publish_raw("ELS7002.x", body, &format!("invalid-{i}")).await;
     }
 
-    let port = free_port();
-    let toml = worker_toml(vhost.url(), 300).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let toml = worker_toml(vhost.url(), 300);
     let config = sim.write_client_config("worker.toml", &toml);
     let mut worker = WorkerProcess::start(&config, "worker");
+    let port = worker.http_port(Duration::from_secs(30));
 
     // Everything valid and not refused is at the platform, everything else dead-lettered.
     let valid_keys = codes.len() * Infno::UPLOADS.len() * 15 - refused.len();

@@ -21,10 +21,6 @@ fn test_retry() -> RetrySettings {
     RetrySettings { initial_backoff_ms: 100, max_backoff_ms: 1000, max_elapsed_secs: 600 }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The status of `GET path` on the worker's port, or 0 while nothing answers.
 async fn status(port: u16, path: &str) -> u16 {
     match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
@@ -55,10 +51,10 @@ async fn readyz_is_unready_while_the_broker_is_down_and_ready_again_after_reconn
     let code = sim.institution(0).code.clone();
     let amqp = Amqp::connect(vhost.url()).await;
     amqp.declare(&test_retry()).await;
-    let port = free_port();
-    let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let toml = worker_toml(vhost.url(), 100);
     let config = sim.write_client_config("worker.toml", &toml);
     let mut worker = WorkerProcess::start(&config, "worker");
+    let port = worker.http_port(Duration::from_secs(30));
 
     eventually("the worker to be ready", Duration::from_secs(60), async || (status(port, "/readyz").await == 200).then_some(())).await;
     amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "BEFORE", "1"))]).await;

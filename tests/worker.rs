@@ -294,11 +294,6 @@ async fn a_worker_started_later_uses_the_existing_token() {
     amqp.close().await;
 }
 
-/// A free loopback port for a worker's health endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `/readyz` of the worker on `port`: status and body, or 0 while it does not listen yet.
 async fn readyz(port: u16) -> (u16, Value) {
     match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
@@ -368,8 +363,7 @@ async fn transient_failures_past_the_retry_budget_are_dead_lettered_as_exhausted
 async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
     let World { sim, vhost, amqp } = World::new("held", TestSimulator::builder().institutions(2).start()).await;
     let (good, bad) = (sim.institution(0).clone(), sim.institution(1).clone());
-    let port = free_port();
-    let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let toml = worker_toml(vhost.url(), 100);
     let config = sim.write_client_config("worker.toml", &toml);
     let right = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, right.replace(&format!("auth_code = {:?}", bad.auth_code), "auth_code = \"wrong\"")).unwrap();
@@ -377,6 +371,7 @@ async fn a_misconfigured_institution_is_held_while_the_other_carries_on() {
     let (events, expected) = first_wave(&[&good.code, &bad.code], 10);
     amqp.publish(&events).await;
     let mut worker = WorkerProcess::start(&config, "worker");
+    let port = worker.http_port(Duration::from_secs(30));
     let good_only: Expected = expected.iter().filter(|((c, _, _), _)| *c == good.code).map(|(k, v)| (k.clone(), v.clone())).collect();
     wait_until_stored(&sim, &good_only, Duration::from_secs(60)).await;
     let (status, body) = eventually("the worker to report the held institution", Duration::from_secs(30), async || {
@@ -404,12 +399,12 @@ async fn the_daily_call_limit_holds_the_institution_until_beijing_midnight() {
     let World { sim, vhost, amqp } =
         World::new("daily-limit", TestSimulator::builder().institutions(1).arg("--daily-call-limit", 4).start()).await;
     let code = sim.institution(0).code.clone();
-    let port = free_port();
-    let toml = worker_toml(vhost.url(), 100).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let toml = worker_toml(vhost.url(), 100);
     let config = sim.write_client_config("worker.toml", &toml);
     let (events, _) = first_wave(&[&code], 3);
     amqp.publish(&events).await;
     let mut worker = WorkerProcess::start(&config, "worker");
+    let port = worker.http_port(Duration::from_secs(30));
 
     // One token call and three uploads fit in the limit; the rest waits for midnight.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
