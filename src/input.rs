@@ -317,14 +317,6 @@ pub fn read_all(path: &Path, format: Format) -> std::io::Result<Vec<Line>> {
     Lines::open(path, format)?.collect()
 }
 
-/// Whether a file starts like JSON (used to tell events from records); reads 1 KiB at most.
-pub fn looks_like_json(path: &Path) -> bool {
-    let mut head = [0u8; 1024];
-    let n = File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    let text = String::from_utf8_lossy(&head[..n]);
-    text.trim_start_matches('\u{feff}').trim_start().starts_with('{')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

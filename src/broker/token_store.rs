@@ -225,8 +225,8 @@ pub async fn start(connection: &Connection, prefix: &str) -> Result<Arc<AmqpToke
 
 impl AmqpTokenStore {
     /// `Ok` while the store works: its stream is read and its channels are open. Once it
-    /// fails it stays failed (the owner reconnects and starts a new store), so a worker may
-    /// use this for its readiness.
+    /// fails it stays failed (the owner reconnects and starts a new store); every operation
+    /// checks it first.
     pub fn check(&self) -> Result<(), StoreError> {
         self.log.check().map_err(store_error)?;
         if !self.lock_channel.status().connected() {

@@ -273,11 +273,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Whether `version` of the key is older than what was uploaded.
-    pub fn is_stale(&self, institution: &str, infno: Infno, key: &str, version: Option<u64>) -> Result<bool, LogError> {
-        self.log.read(|index| index.is_stale(institution, infno, key, version))
-    }
-
     /// Claims the keys, waits for earlier claims on them to end, and returns each row's
     /// turn, in order; `copies` as in [`Index::turns`]. The claim must be released with
     /// [`Ledger::release`].

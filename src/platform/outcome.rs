@@ -47,7 +47,7 @@ pub enum Outcome {
     Refused { code: u32, message: String },
     /// 11: the institution's calls for today are used up; wait for Beijing midnight.
     DailyLimit,
-    /// 2, 3, 4, 30, HTTP 401/403/404: a configuration or authorisation problem; hold the
+    /// 2, 3, 4, 30, HTTP 401/403/404/405: a configuration or authorisation problem; hold the
     /// institution's data and alert.
     Misconfigured { code: Option<u32>, message: String },
     /// 6, 7, HTTP 5xx, timeouts, connection errors, non-JSON answers and unknown codes:

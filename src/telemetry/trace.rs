@@ -1,6 +1,6 @@
 //! W3C trace context through the broker, and what a batch tells its upload spans.
 //!
-//! A publisher (the HIS's integration, or `els-bridge publish`) may put `traceparent` and
+//! A publisher (the HIS's integration) may put `traceparent` and
 //! `tracestate` in an event's AMQP headers. The worker reads them when it takes a batch to
 //! the platform and ties the batch's `upload` spans to them:
 //!
@@ -19,9 +19,9 @@
 use std::future::Future;
 
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -97,13 +97,6 @@ pub fn remote_context(headers: &FieldTable) -> Option<SpanContext> {
     span_context.is_valid().then(|| span_context.clone())
 }
 
-/// Writes the current span's W3C trace context (`traceparent`, `tracestate`) into AMQP
-/// headers, for a publisher that wants its events followed through the worker.
-pub fn inject_current(headers: &mut FieldTable) {
-    let context = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeadersMut(headers));
-}
-
 /// AMQP headers as a propagator's carrier.
 struct Headers<'a>(&'a FieldTable);
 
@@ -121,17 +114,20 @@ impl Extractor for Headers<'_> {
     }
 }
 
-struct HeadersMut<'a>(&'a mut FieldTable);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::LongString;
+    use opentelemetry::propagation::Injector;
+
+    /// AMQP headers a test writes a trace context into.
+    struct HeadersMut<'a>(&'a mut FieldTable);
+
+    impl Injector for HeadersMut<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value)));
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> FieldTable {
         let mut table = FieldTable::default();

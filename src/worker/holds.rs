@@ -3,7 +3,7 @@
 //!
 //! | hold | when | its batches |
 //! |---|---|---|
-//! | configuration | the platform answers with a configuration or authorisation problem (2, 3, 4, 30, HTTP 401/403/404) | parked without counting an attempt |
+//! | configuration | the platform answers with a configuration or authorisation problem (2, 3, 4, 30, HTTP 401/403/404/405) | parked without counting an attempt |
 //! | daily limit | returnCode 11 | parked until Beijing midnight, no attempt counted |
 //! | failing | [`FAILURES_TO_HOLD`] transient failures in a row (timeouts, HTTP 5xx, 6, 7, ...) with no call of the institution answered in between | parked with an attempt counted (the retry budget runs as if each had been tried), without a ledger claim or a call |
 //!

@@ -6,7 +6,7 @@
 //! | accepted (1, 17) | acked |
 //! | refused (8, 12–16), after bisection down to the row | dead-lettered `rejected` with returnCode and message |
 //! | transient (6, 7, HTTP 5xx, timeouts, connection errors, non-JSON, unknown codes, 5 twice) | parked in a delay queue for the next backoff step, counting an attempt; after `retry.max_elapsed_secs` since the first failure, dead-lettered `exhausted` |
-//! | configuration (2, 3, 4, 30, HTTP 401/403/404) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
+//! | configuration (2, 3, 4, 30, HTTP 401/403/404/405) | the institution is held: parked without counting an attempt until the next probe (backoff up to `retry.max_backoff_ms`) |
 //! | transient, the third in a row for the institution | as transient, and the institution is held as failing: its next batches are parked with an attempt counted, unsent, while one at a time probes ([`super::holds`]) |
 //! | daily limit (11) | the institution is held until Beijing midnight; parked until then |
 //!
