@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use lapin::Connection;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -331,6 +331,22 @@ struct Tally {
 }
 
 impl Tally {
+    /// Whether `letter` is to be moved: it matches and the limit is not reached. Over the
+    /// limit it is read on and held: giving back only part of what was read could change
+    /// the queue's order (see dlq::reader).
+    fn wanted(&mut self, filter: &Filter, limit: Option<u64>, letter: &DeadLetter) -> bool {
+        if !filter.matches(letter) {
+            self.kept += 1;
+            return false;
+        }
+        if limit.is_some_and(|limit| self.matched >= limit) {
+            self.over_limit += 1;
+            return false;
+        }
+        self.matched += 1;
+        true
+    }
+
     fn count(&mut self, outcomes: Vec<Outcome>, progress: &ProgressBar) {
         for outcome in outcomes {
             match outcome.result {
@@ -358,10 +374,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
 
     let cancel = CancellationToken::new();
     tokio::spawn(super::worker::cancel_on_signal(cancel.clone()));
-    let progress = ProgressBar::new(reader.present()).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} read {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = super::progress_bar(reader.present(), false, "read");
     let mut pace = Pace::new(args.rate);
     let mut tally = Tally::default();
     let mut stopped: Option<String> = None;
@@ -388,31 +401,12 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         progress.set_position(reader.scanned());
         let letter = session.read(&taken);
         warnings.read(&letter);
-        if !filter.matches(&letter) {
-            tally.kept += 1;
+        if !tally.wanted(&filter, args.limit, &letter) {
             continue;
         }
-        if args.limit.is_some_and(|limit| tally.matched >= limit) {
-            // Read on and hold: giving back only part of what was read could change the
-            // queue's order (see dlq::reader).
-            tally.over_limit += 1;
-            continue;
-        }
-        tally.matched += 1;
         let copy = republish(&letter, &taken.delivery.properties, taken.delivery.routing_key.as_str(), Utc::now());
         let Some(replayer) = replayer.as_mut() else {
-            progress.suspend(|| {
-                println!(
-                    "would move: {}  {}  {} {}  key {}  last failed {}  → {exchange} {}",
-                    letter.message_id.as_deref().unwrap_or("(no message_id)"),
-                    letter.reason.as_str(),
-                    letter.infno.as_deref().unwrap_or("-"),
-                    letter.institution.as_deref().unwrap_or("-"),
-                    letter.key.as_deref().unwrap_or("-"),
-                    letter.last_failed_at.map_or_else(|| "-".to_owned(), rfc3339),
-                    copy.routing_key,
-                )
-            });
+            progress.suspend(|| println!("{}", would_move(&letter, &exchange, &copy.routing_key)));
             continue;
         };
         tokio::select! {
@@ -440,6 +434,25 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     progress.finish_and_clear();
 
     println!("{scanned} of {present} dead letters in {queue} read (filter: {})", filter.describe());
+    Ok(replay_summary(&args, &tally, stopped.as_deref(), &queue, &exchange))
+}
+
+/// The line `dlq replay --dry-run` prints for a dead letter it would move.
+fn would_move(letter: &DeadLetter, exchange: &str, routing_key: &str) -> String {
+    format!(
+        "would move: {}  {}  {} {}  key {}  last failed {}  → {exchange} {routing_key}",
+        letter.message_id.as_deref().unwrap_or("(no message_id)"),
+        letter.reason.as_str(),
+        letter.infno.as_deref().unwrap_or("-"),
+        letter.institution.as_deref().unwrap_or("-"),
+        letter.key.as_deref().unwrap_or("-"),
+        letter.last_failed_at.map_or_else(|| "-".to_owned(), rfc3339),
+    )
+}
+
+/// Prints what a replay did (or would do) and returns its exit status: 0 only when every
+/// match was moved and nothing stopped the run early.
+fn replay_summary(args: &ReplayArgs, tally: &Tally, stopped: Option<&str>, queue: &str, exchange: &str) -> u8 {
     if args.dry_run {
         println!("dry run: {} would be moved to {exchange}; nothing was changed", tally.matched);
     } else {
@@ -451,9 +464,9 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     if tally.over_limit > 0 {
         println!("--limit {}: {} more match and were left in {queue}", args.limit.unwrap_or_default(), tally.over_limit);
     }
-    if let Some(why) = &stopped {
+    if let Some(why) = stopped {
         println!("stopped early: {why}; what was not moved stays in {queue}");
     }
     let complete = stopped.is_none() && (args.dry_run || tally.moved == tally.matched);
-    Ok(if complete { EXIT_OK } else { EXIT_FAILED })
+    if complete { EXIT_OK } else { EXIT_FAILED }
 }

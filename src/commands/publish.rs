@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
@@ -173,6 +173,23 @@ struct Tally {
     not_published: u64,
     resent: u64,
     reconnects: u64,
+}
+
+impl Tally {
+    /// The summary line that ends a run.
+    fn summary(&self) -> String {
+        let mut summary = format!(
+            "{} lines read: {} published, {} invalid, {} not published",
+            self.read, self.published, self.invalid, self.not_published
+        );
+        if self.reconnects > 0 {
+            summary.push_str(&format!(
+                " ({} reconnects; {} unconfirmed messages were published again and may arrive twice)",
+                self.reconnects, self.resent
+            ));
+        }
+        summary
+    }
 }
 
 /// Why publishing stopped before the end.
@@ -454,30 +471,17 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     for path in &args.files {
         total_bytes += std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
     }
-    let progress = ProgressBar::new(total_bytes).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = super::progress_bar(total_bytes, true, "");
     let report = Report { progress: progress.clone() };
     let mut tally = Tally::default();
 
     if args.strict {
-        for path in &args.files {
-            for line in RawLines::open(path).with_context(|| format!("cannot read {}", path.display()))? {
-                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                tally.read += 1;
-                if let Err(problems) = prepare(path, &line, institutions) {
-                    tally.invalid += 1;
-                    report.problems(&format!("{}:{}", path.display(), line.number), &problems);
-                }
-            }
-        }
-        if tally.invalid > 0 {
+        let checked = check_all(&args.files, institutions, &report)?;
+        if checked.invalid > 0 {
             progress.finish_and_clear();
-            println!("{} lines read: {} invalid; nothing was published (--strict)", tally.read, tally.invalid);
+            println!("{} lines read: {} invalid; nothing was published (--strict)", checked.read, checked.invalid);
             return Ok(EXIT_FAILED);
         }
-        tally = Tally::default();
     }
 
     let cancel = CancellationToken::new();
@@ -534,19 +538,26 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     if let Some((stop, place)) = &stopped {
         println!("stopped at {place}: {stop}; lines from there on were not published");
     }
-    let mut summary = format!(
-        "{} lines read: {} published, {} invalid, {} not published",
-        tally.read, tally.published, tally.invalid, tally.not_published
-    );
-    if tally.reconnects > 0 {
-        summary.push_str(&format!(
-            " ({} reconnects; {} unconfirmed messages were published again and may arrive twice)",
-            tally.reconnects, tally.resent
-        ));
-    }
-    println!("{summary}");
+    println!("{}", tally.summary());
     let complete = stopped.is_none() && tally.invalid == 0 && tally.not_published == 0;
     Ok(if complete { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// `--strict`: every line of every file checked before anything is published, each
+/// problem reported; the lines read and found invalid.
+fn check_all(files: &[PathBuf], institutions: Institutions, report: &Report) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    for path in files {
+        for line in RawLines::open(path).with_context(|| format!("cannot read {}", path.display()))? {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            tally.read += 1;
+            if let Err(problems) = prepare(path, &line, institutions) {
+                tally.invalid += 1;
+                report.problems(&format!("{}:{}", path.display(), line.number), &problems);
+            }
+        }
+    }
+    Ok(tally)
 }
 
 #[cfg(test)]

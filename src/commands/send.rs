@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -185,10 +185,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         stopped: None,
     };
     let total: u64 = args.files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    let progress = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = super::progress_bar(total, true, "");
     let mut written = Vec::new();
     for path in &args.files {
         let format = args.format.unwrap_or_else(|| Format::guess(path));

@@ -11,8 +11,8 @@ use futures_util::future::join_all;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Acker, Channel, Connection};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Channel, Connection, Consumer};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -70,102 +70,17 @@ impl Session<'_> {
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let queue = self.amqp.queue.as_str();
         let mut consumer = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-        let consumer_tag = consumer.tag();
         (self.on_consuming)(true);
         tracing::info!(queue, prefetch, "consuming");
 
-        let codes: Vec<&str> = self.config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect();
-        let mut lanes: Lanes<Delivery> = Lanes::new(self.config.batch.max_records, Duration::from_millis(self.config.batch.linger_ms));
-        let mut tasks: JoinSet<Done> = JoinSet::new();
-        // Deliveries taken and not acked yet. At `prefetch` the broker sends no more until
-        // some are acked, so a lane waiting for its linger would only waste time.
-        let mut acks: AckWindow<Acker> = AckWindow::new(usize::from(prefetch).saturating_sub(usize::from(self.config.lanes_prefetch())));
-        let mut drain_deadline: Option<Instant> = None;
-        // After the consumer is cancelled, deliveries the broker sent before the cancel
-        // still arrive; the consumer ends after them.
-        let mut consumer_open = true;
-
-        let result = loop {
-            let draining = drain_deadline.is_some();
-            if acks.has_ready() && tasks.is_empty() && (lanes.is_empty() || acks.outstanding() >= usize::from(prefetch)) {
-                // Nothing in flight will move the low-water mark (only deliveries left
-                // unacked, or lanes waiting for their linger, hold it): ack what is settled.
-                send_acks(acks.each()).await;
-            }
-            if draining {
-                for batch in lanes.due(Instant::now(), true) {
-                    self.dispatch(&mut tasks, batch);
-                }
-                if !consumer_open && lanes.is_empty() && tasks.is_empty() {
-                    break Ok(SessionEnd::Drained);
-                }
-            } else if acks.outstanding() >= usize::from(prefetch) && tasks.is_empty() {
-                // Nothing more comes until something is settled, and nothing in flight
-                // will settle: rather than wait for the linger, send the fullest lane.
-                // (With batches in flight, their settling brings more deliveries; waiting
-                // for those keeps calls full.)
-                if let Some(batch) = lanes.fullest() {
-                    self.dispatch(&mut tasks, batch);
-                }
-            }
-            let lead = self.lead();
-            let next_flush = lanes
-                .next_deadline()
-                .map_or_else(|| Instant::now() + Duration::from_secs(3600), |deadline| deadline.checked_sub(lead).unwrap_or(deadline));
-            tokio::select! {
-                () = shutdown.cancelled(), if !draining => {
-                    tracing::info!(waiting = lanes.waiting(), in_flight = tasks.len(), "shutting down: no new deliveries; flushing and settling");
-                    (self.on_consuming)(false);
-                    if let Err(error) = channel.basic_cancel(consumer_tag.clone(), BasicCancelOptions::default()).await {
-                        tracing::warn!("cancelling the consumer failed: {error}");
-                    }
-                    drain_deadline = Some(Instant::now() + Duration::from_secs(self.config.worker.drain_deadline_secs));
-                }
-                () = self.streams_lost.cancelled() => break Err(BrokerError::StreamLost),
-                () = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now).into()), if draining => {
-                    break Ok(SessionEnd::DeadlinePassed { unsettled: lanes.waiting() + tasks.len() });
-                }
-                delivery = consumer.next(), if consumer_open => match delivery {
-                    Some(Ok(delivery)) => {
-                        crate::telemetry::metrics::delivery_taken();
-                        acks.taken(delivery.delivery_tag);
-                        if let Some(batch) = self.intake(&mut tasks, &mut lanes, &codes, delivery) {
-                            self.dispatch(&mut tasks, batch);
-                        }
-                    }
-                    Some(Err(error)) => break Err(error.into()),
-                    None if draining => consumer_open = false,
-                    None => break Err(BrokerError::ConsumerEnded),
-                },
-                () = tokio::time::sleep_until(next_flush.into()) => {
-                    for batch in lanes.due(Instant::now() + lead, false) {
-                        self.dispatch(&mut tasks, batch);
-                    }
-                }
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    // Tasks catch their own panics (settle_or_hand_back); only an abort ends one
-                    // without a `Done`.
-                    if let Ok(done) = done {
-                        for tag in done.settlement.acked {
-                            acks.acked(tag);
-                        }
-                        for (tag, acker) in done.settlement.to_ack {
-                            acks.ready(tag, acker);
-                        }
-                        send_acks(acks.due()).await;
-                        if let Some((lane, keys)) = done.keys {
-                            lanes.settled(&lane, keys);
-                        }
-                    }
-                }
-            }
-        };
+        let mut flow = Flow::new(&self, prefetch);
+        let result = flow.consume(&channel, &mut consumer, shutdown).await;
         (self.on_consuming)(false);
         if result.is_err() {
             // The channel is gone: whatever is in flight can no longer be acked.
-            tasks.abort_all();
+            flow.tasks.abort_all();
         } else {
-            send_acks(acks.each()).await;
+            send_acks(flow.acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
         crate::telemetry::metrics::session_ended();
@@ -179,44 +94,183 @@ impl Session<'_> {
         let linger = Duration::from_millis(self.config.batch.linger_ms);
         (TIMER_LATENESS + self.pipeline.ledger.claim_round_trip()).min(linger / 10)
     }
+}
 
-    /// Validates a delivery; an invalid one is dead-lettered, a valid one joins its lane
-    /// (returning the lane's batch when it is full).
-    fn intake(
-        &self,
-        tasks: &mut JoinSet<Done>,
-        lanes: &mut Lanes<Delivery>,
-        codes: &[&str],
-        delivery: Delivery,
-    ) -> Option<Batch<Delivery>> {
-        match event::parse_at_most(&delivery.data, self.config.worker.max_event_bytes, Institutions::Known(codes)) {
+/// The state of one session's consuming: the lanes, the tasks in flight, the ack window,
+/// and whether a drain has begun. Each step of the loop is one method.
+struct Flow<'s, 'a> {
+    session: &'s Session<'a>,
+    codes: Vec<&'s str>,
+    lanes: Lanes<Delivery>,
+    tasks: JoinSet<Done>,
+    /// Deliveries taken and not acked yet. At `prefetch` the broker sends no more until
+    /// some are acked, so a lane waiting for its linger would only waste time.
+    acks: AckWindow<Acker>,
+    prefetch: usize,
+    drain_deadline: Option<Instant>,
+    /// After the consumer is cancelled, deliveries the broker sent before the cancel still
+    /// arrive; the consumer ends after them.
+    consumer_open: bool,
+}
+
+impl<'s, 'a> Flow<'s, 'a> {
+    fn new(session: &'s Session<'a>, prefetch: u16) -> Self {
+        let config = session.config;
+        Flow {
+            session,
+            codes: config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect(),
+            lanes: Lanes::new(config.batch.max_records, Duration::from_millis(config.batch.linger_ms)),
+            tasks: JoinSet::new(),
+            acks: AckWindow::new(usize::from(prefetch).saturating_sub(usize::from(config.lanes_prefetch()))),
+            prefetch: usize::from(prefetch),
+            drain_deadline: None,
+            consumer_open: true,
+        }
+    }
+
+    /// The loop: one event at a time (a delivery, a lane's linger ending, a task done, the
+    /// shutdown request, the drain deadline, a stream lost) until the session ends.
+    async fn consume(
+        &mut self,
+        channel: &Channel,
+        consumer: &mut Consumer,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        loop {
+            if let Some(end) = self.unblock().await {
+                return Ok(end);
+            }
+            let draining = self.drain_deadline.is_some();
+            let lead = self.session.lead();
+            tokio::select! {
+                () = shutdown.cancelled(), if !draining => self.begin_drain(channel, consumer.tag()).await,
+                () = self.session.streams_lost.cancelled() => return Err(BrokerError::StreamLost),
+                () = tokio::time::sleep_until(self.drain_deadline.unwrap_or_else(Instant::now).into()), if draining => {
+                    return Ok(SessionEnd::DeadlinePassed { unsettled: self.lanes.waiting() + self.tasks.len() });
+                }
+                delivery = consumer.next(), if self.consumer_open => match delivery {
+                    Some(Ok(delivery)) => self.take(delivery),
+                    Some(Err(error)) => return Err(error.into()),
+                    None if draining => self.consumer_open = false,
+                    None => return Err(BrokerError::ConsumerEnded),
+                },
+                () = tokio::time::sleep_until(self.next_flush(lead).into()) => {
+                    for batch in self.lanes.due(Instant::now() + lead, false) {
+                        self.dispatch(batch);
+                    }
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    // Tasks catch their own panics (settle_or_hand_back); only an abort ends
+                    // one without a `Done`.
+                    if let Ok(done) = done {
+                        self.finished(done).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What nothing else will move along: acks that no task in flight will bring, and
+    /// batches that must not wait for their linger (all of them while draining, the
+    /// fullest when the prefetch is full). Returns the end of a drain that is over.
+    async fn unblock(&mut self) -> Option<SessionEnd> {
+        let idle = self.tasks.is_empty();
+        let full = self.acks.outstanding() >= self.prefetch;
+        if self.acks.has_ready() && idle && (self.lanes.is_empty() || full) {
+            // Nothing in flight will move the low-water mark (only deliveries left
+            // unacked, or lanes waiting for their linger, hold it): ack what is settled.
+            send_acks(self.acks.each()).await;
+        }
+        if self.drain_deadline.is_some() {
+            for batch in self.lanes.due(Instant::now(), true) {
+                self.dispatch(batch);
+            }
+            return (!self.consumer_open && self.lanes.is_empty() && self.tasks.is_empty()).then_some(SessionEnd::Drained);
+        }
+        if idle && self.acks.outstanding() >= self.prefetch {
+            // Nothing more comes until something is settled, and nothing in flight will
+            // settle: rather than wait for the linger, send the fullest lane. (With batches
+            // in flight, their settling brings more deliveries; waiting for those keeps
+            // calls full.)
+            if let Some(batch) = self.lanes.fullest() {
+                self.dispatch(batch);
+            }
+        }
+        None
+    }
+
+    /// When the next lane's linger ends, less the lead (an hour away when no lane waits).
+    fn next_flush(&self, lead: Duration) -> Instant {
+        self.lanes
+            .next_deadline()
+            .map_or_else(|| Instant::now() + Duration::from_secs(3600), |deadline| deadline.checked_sub(lead).unwrap_or(deadline))
+    }
+
+    /// The shutdown request: no new deliveries; what was taken is flushed and settled until
+    /// the drain deadline.
+    async fn begin_drain(&mut self, channel: &Channel, consumer_tag: ShortString) {
+        tracing::info!(
+            waiting = self.lanes.waiting(),
+            in_flight = self.tasks.len(),
+            "shutting down: no new deliveries; flushing and settling"
+        );
+        (self.session.on_consuming)(false);
+        if let Err(error) = channel.basic_cancel(consumer_tag, BasicCancelOptions::default()).await {
+            tracing::warn!("cancelling the consumer failed: {error}");
+        }
+        self.drain_deadline = Some(Instant::now() + Duration::from_secs(self.session.config.worker.drain_deadline_secs));
+    }
+
+    /// A delivery arrived: validated at the edge, it joins its lane (a full lane's batch
+    /// goes at once) or, invalid, is dead-lettered.
+    fn take(&mut self, delivery: Delivery) {
+        crate::telemetry::metrics::delivery_taken();
+        self.acks.taken(delivery.delivery_tag);
+        let limit = self.session.config.worker.max_event_bytes;
+        match event::parse_at_most(&delivery.data, limit, Institutions::Known(&self.codes)) {
             Ok(event) => {
                 let lane = LaneKey { fixmedins_code: event.fixmedins_code, infno: event.record.infno() };
-                lanes.add(lane, event.record, event.version, delivery)
+                if let Some(batch) = self.lanes.add(lane, event.record, event.version, delivery) {
+                    self.dispatch(batch);
+                }
             }
             Err(invalid) => {
-                let settler = self.pipeline.settler.clone();
+                let settler = self.session.pipeline.settler.clone();
                 let handed = vec![(delivery.delivery_tag, delivery.acker.clone())];
-                tasks.spawn(async move {
+                self.tasks.spawn(async move {
                     let settlement = settle_or_hand_back(settler.invalid(&delivery, &invalid.to_string()), handed).await;
                     Done { settlement, keys: None }
                 });
-                None
             }
         }
     }
 
     /// Takes a batch to the end in a task of its own (the uploader caps the platform calls
     /// in flight per institution).
-    fn dispatch(&self, tasks: &mut JoinSet<Done>, batch: Batch<Delivery>) {
-        let Some(institution) = self.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
-        let pipeline = self.pipeline.clone();
-        tasks.spawn(async move {
+    fn dispatch(&mut self, batch: Batch<Delivery>) {
+        let Some(institution) = self.session.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
+        let pipeline = self.session.pipeline.clone();
+        self.tasks.spawn(async move {
             let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
             let handed = batch.rows.iter().flat_map(|r| r.source.deliveries.iter()).map(|d| (d.delivery_tag, d.acker.clone())).collect();
             let settlement = settle_or_hand_back(pipeline.run(&institution, batch.lane.infno, batch.rows), handed).await;
             Done { settlement, keys: Some((batch.lane, keys)) }
         });
+    }
+
+    /// A task is done: its deliveries join the ack window (acked together where they can
+    /// be), and its keys may go into calls again.
+    async fn finished(&mut self, done: Done) {
+        for tag in done.settlement.acked {
+            self.acks.acked(tag);
+        }
+        for (tag, acker) in done.settlement.to_ack {
+            self.acks.ready(tag, acker);
+        }
+        send_acks(self.acks.due()).await;
+        if let Some((lane, keys)) = done.keys {
+            self.lanes.settled(&lane, keys);
+        }
     }
 }
 
