@@ -15,7 +15,7 @@ use lapin::Connection;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::publish::{Pace, load_config, parse_rate};
+use super::common::{self, Pace, load_config, parse_rate};
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::beijing;
 use crate::broker;
@@ -373,8 +373,8 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     warnings.opened(&reader, &queue);
 
     let cancel = CancellationToken::new();
-    tokio::spawn(super::worker::cancel_on_signal(cancel.clone()));
-    let progress = super::progress_bar(reader.present(), false, "read");
+    common::cancel_on_signal(cancel.clone())?;
+    let progress = common::progress_bar(reader.present(), false, "read");
     let mut pace = Pace::new(args.rate);
     let mut tally = Tally::default();
     let mut stopped: Option<String> = None;

@@ -30,9 +30,10 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, Pu
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::common::{self, Pace, load_config, parse_rate};
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::broker;
-use crate::config::{AmqpSettings, Config};
+use crate::config::AmqpSettings;
 use crate::event::{self, Institutions, InvalidEvent};
 
 /// Messages published and not yet confirmed, at most.
@@ -59,45 +60,6 @@ pub struct PublishArgs {
     /// After losing the broker, keep reconnecting for this long before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     max_retry_secs: u64,
-}
-
-/// Reads `--rate`: a positive number per second.
-pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!("{text:?} is not a rate: give a positive number per second, e.g. 50 or 0.5")),
-    }
-}
-
-/// Loads `--config`, or builds the defaults (with `ELS_BRIDGE__*` overrides) without one.
-pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(Some(path))?,
-        None => Config::from_toml("", std::env::vars())?,
-    })
-}
-
-/// Spaces out events to at most `rate` per second.
-pub(crate) struct Pace {
-    period: Option<Duration>,
-    next: Instant,
-}
-
-impl Pace {
-    /// No pacing without a rate.
-    pub(crate) fn new(rate: Option<f64>) -> Pace {
-        Pace { period: rate.map(|r| Duration::from_secs_f64(1.0 / r)), next: Instant::now() }
-    }
-
-    /// Waits until the next event may go.
-    pub(crate) async fn wait(&mut self) {
-        let Some(period) = self.period else { return };
-        let now = Instant::now();
-        if self.next > now {
-            tokio::time::sleep_until(self.next).await;
-        }
-        self.next = self.next.max(now) + period;
-    }
 }
 
 /// One line of an event file, as bytes.
@@ -471,7 +433,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     for path in &args.files {
         total_bytes += std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
     }
-    let progress = super::progress_bar(total_bytes, true, "");
+    let progress = common::progress_bar(total_bytes, true, "");
     let report = Report { progress: progress.clone() };
     let mut tally = Tally::default();
 
@@ -485,7 +447,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     }
 
     let cancel = CancellationToken::new();
-    tokio::spawn(super::worker::cancel_on_signal(cancel.clone()));
+    common::cancel_on_signal(cancel.clone())?;
     let mut outbox = Outbox::open(&amqp, Duration::from_secs(args.max_retry_secs), cancel.clone()).await?;
     let mut pace = Pace::new(args.rate);
     let mut stopped: Option<(Stop, String)> = None;

@@ -24,6 +24,7 @@ use indicatif::ProgressBar;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::common;
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::broker;
 use crate::config::{Config, Institution};
@@ -166,12 +167,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     }
 
     let cancel = CancellationToken::new();
-    let on_interrupt = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_interrupt.cancel();
-        }
-    });
+    common::cancel_on_signal(cancel.clone())?;
 
     let mut sender = Sender {
         config: &config,
@@ -185,7 +181,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         stopped: None,
     };
     let total: u64 = args.files.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    let progress = super::progress_bar(total, true, "");
+    let progress = common::progress_bar(total, true, "");
     let mut written = Vec::new();
     for path in &args.files {
         let format = args.format.unwrap_or_else(|| Format::guess(path));

@@ -1,7 +1,6 @@
 //! `els-bridge simulate`: runs the provincial platform simulator (contract §6) until SIGTERM
 //! or SIGINT.
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,7 +76,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let sim = Arc::new(Simulator::new(args.settings(), &config.institutions));
-    let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
+    let shutdown = super::common::termination().context("cannot install the signal handlers")?;
 
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {address}").and_then(|()| stdout.flush()).context("cannot write to standard output")?;
@@ -88,31 +87,4 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<u8> {
     simulator::serve(listener, sim, shutdown).await.context("the simulator's server failed")?;
     info!("platform simulator stopped");
     Ok(EXIT_OK)
-}
-
-/// Installs the SIGTERM and SIGINT handlers now (so that a signal right after the
-/// `listening on` line is not lost) and completes at the first of them.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = terminate.recv() => info!("SIGTERM: shutting down"),
-                _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                info!("Ctrl-C: shutting down");
-            } else {
-                std::future::pending::<()>().await;
-            }
-        })
-    }
 }

@@ -22,27 +22,7 @@ pub struct WorkerArgs {
 pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
     let config = Config::load(args.config.as_deref())?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    super::common::cancel_on_signal(shutdown.clone())?;
     crate::worker::run(config, shutdown).await?;
     Ok(EXIT_OK)
-}
-
-/// Cancels `shutdown` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
-    shutdown.cancel();
 }
