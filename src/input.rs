@@ -80,8 +80,93 @@ pub struct Lines {
 }
 
 enum Inner {
-    Jsonl { reader: BufReader<File>, number: u64, buffer: Vec<u8> },
+    Jsonl(RawLines<BufReader<File>>),
     Csv { reader: csv::Reader<File>, header: Vec<String>, record: csv::ByteRecord },
+}
+
+/// One line as it was written: its number (1-based) and its bytes without the line end and
+/// without a byte-order mark, or why they were not kept.
+#[derive(Debug)]
+pub struct RawLine {
+    /// Line number in the file.
+    pub number: u64,
+    /// The bytes, or [`LineError::TooLong`].
+    pub bytes: Result<Vec<u8>, LineError>,
+}
+
+/// Reads lines keeping their bytes (for `publish`, which sends them as they are, and for
+/// JSON Lines). Blank lines are skipped but counted, so numbers match an editor's; a line
+/// longer than [`MAX_LINE_BYTES`] is skipped without being read into memory.
+pub struct RawLines<R> {
+    reader: R,
+    number: u64,
+    consumed: u64,
+    buffer: Vec<u8>,
+}
+
+impl RawLines<BufReader<File>> {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(RawLines::new(BufReader::new(File::open(path)?)))
+    }
+}
+
+impl<R: BufRead> RawLines<R> {
+    /// Reads lines from `reader`.
+    pub fn new(reader: R) -> Self {
+        RawLines { reader, number: 0, consumed: 0, buffer: Vec::new() }
+    }
+
+    /// Bytes consumed so far (for progress).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The next line's bytes in the buffer (or why they are not there), `None` at the end.
+    fn read_line(&mut self) -> Option<std::io::Result<Result<(), LineError>>> {
+        self.buffer.clear();
+        let mut line_bytes = match self.reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut self.buffer) {
+            Ok(0) => return None,
+            Ok(n) => n as u64,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut newline = self.buffer.last() == Some(&b'\n');
+        let too_long = self.buffer.len() - usize::from(newline) > MAX_LINE_BYTES;
+        if too_long && !newline {
+            // Too long to hold: the rest of the line is skipped, not read into memory.
+            match skip_line(&mut self.reader) {
+                Ok((skipped, ended)) => (line_bytes, newline) = (line_bytes + skipped, ended),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.consumed += line_bytes;
+        self.number += 1;
+        Some(Ok(if too_long { Err(LineError::TooLong { bytes: line_bytes - u64::from(newline), max: MAX_LINE_BYTES }) } else { Ok(()) }))
+    }
+}
+
+impl<R: BufRead> Iterator for RawLines<R> {
+    type Item = std::io::Result<RawLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let read = match self.read_line()? {
+                Ok(read) => read,
+                Err(e) => return Some(Err(e)),
+            };
+            let number = self.number;
+            if let Err(too_long) = read {
+                return Some(Ok(RawLine { number, bytes: Err(too_long) }));
+            }
+            let mut bytes = without_bom(&self.buffer);
+            while let [rest @ .., b'\n' | b'\r'] = bytes {
+                bytes = rest;
+            }
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                return Some(Ok(RawLine { number, bytes: Ok(bytes.to_vec()) }));
+            }
+        }
+    }
 }
 
 impl Lines {
@@ -89,7 +174,7 @@ impl Lines {
     pub fn open(path: &Path, format: Format) -> std::io::Result<Lines> {
         let file = File::open(path)?;
         let inner = match format {
-            Format::Jsonl => Inner::Jsonl { reader: BufReader::new(file), number: 0, buffer: Vec::new() },
+            Format::Jsonl => Inner::Jsonl(RawLines::new(BufReader::new(file))),
             Format::Csv => {
                 let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
                 let header = reader
@@ -123,34 +208,11 @@ impl Iterator for Lines {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
-            Inner::Jsonl { reader, number, buffer } => loop {
-                buffer.clear();
-                let mut line_bytes = match reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buffer) {
-                    Ok(0) => return None,
-                    Ok(n) => n as u64,
-                    Err(e) => return Some(Err(e)),
-                };
-                let mut newline = buffer.last() == Some(&b'\n');
-                let too_long = buffer.len() - usize::from(newline) > MAX_LINE_BYTES;
-                if too_long && !newline {
-                    // Too long to hold: the rest of the line is skipped, not read into memory.
-                    match skip_line(reader) {
-                        Ok((skipped, ended)) => (line_bytes, newline) = (line_bytes + skipped, ended),
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                self.consumed += line_bytes;
-                *number += 1;
-                if too_long {
-                    let bytes = line_bytes - u64::from(newline);
-                    return Some(Ok(Line { number: *number, content: Err(LineError::TooLong { bytes, max: MAX_LINE_BYTES }) }));
-                }
-                let bytes = without_bom(buffer);
-                if bytes.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Some(Ok(Line { number: *number, content: parse_json_object(bytes) }));
-            },
+            Inner::Jsonl(raw) => {
+                let line = raw.next()?;
+                self.consumed = raw.consumed();
+                Some(line.map(|line| Line { number: line.number, content: line.bytes.and_then(|bytes| parse_json_object(&bytes)) }))
+            }
             Inner::Csv { reader, header, record } => match reader.read_byte_record(record) {
                 Ok(false) => None,
                 Ok(true) => {

@@ -17,8 +17,7 @@
 //! once the broker confirmed it, so none is lost, and some may arrive twice.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use super::{EXIT_FAILED, EXIT_OK};
 use crate::broker;
 use crate::config::AmqpSettings;
 use crate::event::{self, Institutions, InvalidEvent};
+use crate::input::{RawLine, RawLines};
 
 /// Messages published and not yet confirmed, at most.
 pub const WINDOW: usize = 500;
@@ -60,54 +60,6 @@ pub struct PublishArgs {
     /// After losing the broker, keep reconnecting for this long before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     max_retry_secs: u64,
-}
-
-/// One line of an event file, as bytes.
-struct RawLine {
-    number: u64,
-    bytes: Vec<u8>,
-}
-
-/// Reads a file line by line, keeping each line's bytes; blank lines are skipped (but
-/// counted, so numbers match an editor's).
-struct RawLines {
-    reader: BufReader<File>,
-    number: u64,
-    consumed: u64,
-}
-
-impl RawLines {
-    fn open(path: &Path) -> std::io::Result<RawLines> {
-        Ok(RawLines { reader: BufReader::new(File::open(path)?), number: 0, consumed: 0 })
-    }
-}
-
-impl Iterator for RawLines {
-    type Item = std::io::Result<RawLine>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let mut bytes = Vec::new();
-            match self.reader.read_until(b'\n', &mut bytes) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    self.consumed += n as u64;
-                    self.number += 1;
-                }
-                Err(error) => return Some(Err(error)),
-            }
-            if self.number == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
-                bytes.drain(..3);
-            }
-            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                bytes.pop();
-            }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            return Some(Ok(RawLine { number: self.number, bytes }));
-        }
-    }
 }
 
 /// A valid event ready to publish.
@@ -397,17 +349,18 @@ impl Report {
 
 /// Validates one line; the event to publish or its problems.
 fn prepare(path: &Path, line: &RawLine, institutions: Institutions) -> Result<Outgoing, InvalidEvent> {
-    let event = event::parse_at_most(&line.bytes, event::MAX_EVENT_BYTES, institutions)?;
+    let bytes = line.bytes.as_ref().map_err(|too_long| InvalidEvent::from(too_long.clone()))?;
+    let event = event::parse_at_most(bytes, event::MAX_EVENT_BYTES, institutions)?;
     let infno = event.record.infno();
     let routing_key = if event.fixmedins_code.is_empty() { infno.to_string() } else { format!("{infno}.{}", event.fixmedins_code) };
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let mut message_id = format!("{name}:{}:{:016x}", line.number, fnv1a(&line.bytes));
+    let mut message_id = format!("{name}:{}:{:016x}", line.number, fnv1a(bytes));
     if message_id.len() > 255 {
         // A short string of AMQP: keep the line number and hash, which make it unique.
-        let tail = format!(":{}:{:016x}", line.number, fnv1a(&line.bytes));
+        let tail = format!(":{}:{:016x}", line.number, fnv1a(bytes));
         message_id = format!("{}{tail}", truncate(&name, 255 - tail.len()));
     }
-    Ok(Outgoing { place: format!("{}:{}", path.display(), line.number), routing_key, message_id, body: line.bytes.clone() })
+    Ok(Outgoing { place: format!("{}:{}", path.display(), line.number), routing_key, message_id, body: bytes.clone() })
 }
 
 fn truncate(text: &str, max_bytes: usize) -> &str {
@@ -456,7 +409,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
         let mut lines = RawLines::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         while let Some(line) = lines.next() {
             let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            progress.set_position(position + lines.consumed);
+            progress.set_position(position + lines.consumed());
             let place = format!("{}:{}", path.display(), line.number);
             if cancel.is_cancelled() {
                 stopped = Some((Stop::Interrupted, place));
@@ -484,7 +437,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
             }
             progress.set_message(format!("published {}, invalid {}", tally.published, tally.invalid));
         }
-        position += lines.consumed;
+        position += lines.consumed();
     }
     // Interrupted between lines: what is in flight is still worth waiting for.
     if matches!(stopped, None | Some((Stop::Interrupted, _)))
@@ -540,8 +493,8 @@ mod tests {
         std::fs::write(&path, b"\xef\xbb\xbf{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap();
         let lines: Vec<RawLine> = RawLines::open(&path).unwrap().map(Result::unwrap).collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!((lines[0].number, lines[0].bytes.as_slice()), (1, &b"{\"a\":1}"[..]));
-        assert_eq!((lines[1].number, lines[1].bytes.as_slice()), (4, &b"{\"b\":2}"[..]));
+        assert_eq!((lines[0].number, lines[0].bytes.as_deref().unwrap()), (1, &b"{\"a\":1}"[..]));
+        assert_eq!((lines[1].number, lines[1].bytes.as_deref().unwrap()), (4, &b"{\"b\":2}"[..]));
     }
 
     #[test]
