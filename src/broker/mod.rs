@@ -35,9 +35,12 @@ pub enum BrokerError {
     /// The broker ended the consumer (connection lost, or the queue was deleted).
     #[error("the broker ended the consumer (connection lost or queue deleted)")]
     ConsumerEnded,
-    /// Something built on the connection could not be set up.
-    #[error("{0}")]
-    Setup(String),
+    /// A stream log built on the connection (the ledger, the tokens) could not be opened.
+    #[error(transparent)]
+    Stream(Box<log::LogError>),
+    /// The platform client could not be built (its CA file, its TLS settings).
+    #[error(transparent)]
+    Platform(#[from] crate::platform::client::ClientError),
     /// `amqp.url` does not parse (the URL is never shown: it holds the password).
     #[error(
         "amqp.url is not a valid AMQP URL; expected amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://), with the vhost \
@@ -86,5 +89,15 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     match tokio::time::timeout(std::time::Duration::from_secs(secs), connecting).await {
         Ok(connected) => Ok(connected?),
         Err(_) => Err(BrokerError::ConnectTimeout { secs }),
+    }
+}
+
+impl From<log::LogError> for BrokerError {
+    /// A log error as a broker error: the broker's own as it is, any other as `Stream`.
+    fn from(error: log::LogError) -> Self {
+        match error {
+            log::LogError::Broker(error) => error,
+            other => BrokerError::Stream(Box::new(other)),
+        }
     }
 }

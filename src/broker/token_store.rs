@@ -128,7 +128,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::log::{Fold, LogError, LogSettings, StreamLog, nonce};
+use super::log::{Fold, LogSettings, StreamLog, nonce};
 use super::{BrokerError, Publisher};
 use crate::platform::token::{RefreshLock, StoreError, Token, TokenStore};
 
@@ -200,8 +200,8 @@ impl Fold for CurrentTokens {
     }
 }
 
-fn store_error(error: impl std::fmt::Display) -> StoreError {
-    StoreError(error.to_string())
+fn store_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::caused("the token stream", error)
 }
 
 /// Starts a store on `connection`: declares the stream `<prefix>.tokens`, replays it from
@@ -211,10 +211,7 @@ fn store_error(error: impl std::fmt::Display) -> StoreError {
 pub async fn start(connection: &Connection, prefix: &str) -> Result<Arc<AmqpTokenStore>, BrokerError> {
     let from = Utc::now() - chrono::Duration::from_std(HISTORY).unwrap_or_else(|_| chrono::Duration::days(2));
     let settings = LogSettings { name: stream_name(prefix), max_age: MAX_AGE.into(), replay_from: from };
-    let log = StreamLog::open(connection, &settings, CurrentTokens::default()).await.map_err(|error| match error {
-        LogError::Broker(error) => error,
-        other => BrokerError::Setup(other.to_string()),
-    })?;
+    let log = StreamLog::open(connection, &settings, CurrentTokens::default()).await?;
     let publisher = Publisher::open(connection).await?;
     let lock_channel = connection.create_channel().await?;
     lock_channel.basic_qos(LOCK_PREFETCH, BasicQosOptions::default()).await?;
@@ -230,7 +227,7 @@ impl AmqpTokenStore {
     pub fn check(&self) -> Result<(), StoreError> {
         self.log.check().map_err(store_error)?;
         if !self.lock_channel.status().connected() {
-            return Err(StoreError(format!(
+            return Err(StoreError::new(format!(
                 "a channel of the token store ({}) was closed; the connection must be reopened",
                 stream_name(&self.prefix)
             )));
@@ -271,7 +268,7 @@ impl AmqpTokenStore {
         self.publisher.publish("", &queue, b"", probe).await.map_err(store_error)?;
         match on_acquired.await {
             Ok(()) => Ok(release),
-            Err(_) => Err(StoreError(format!("the consumer of the lock queue {queue} ended (connection or channel lost)"))),
+            Err(_) => Err(StoreError::new(format!("the consumer of the lock queue {queue} ended (connection or channel lost)"))),
         }
     }
 }

@@ -51,10 +51,26 @@ impl Token {
     }
 }
 
-/// A store failure (file or broker); transient from the uploader's point of view.
+/// A store failure (file or broker); transient from the uploader's point of view. Keeps
+/// the error it comes from, if any, as its source (and says it in its message).
 #[derive(Debug, thiserror::Error)]
-#[error("token store: {0}")]
-pub struct StoreError(pub String);
+#[error("token store: {what}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+pub struct StoreError {
+    what: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A failure described by `what` alone.
+    pub fn new(what: impl Into<String>) -> Self {
+        StoreError { what: what.into(), source: None }
+    }
+
+    /// A failure while doing `what`, caused by `source`.
+    pub fn caused(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError { what: what.into(), source: Some(Box::new(source)) }
+    }
+}
 
 /// Held while one process refreshes an institution's token; dropping it releases the lock.
 pub trait RefreshLock: Send {}
@@ -283,8 +299,8 @@ impl FileTokenStore {
         format!("{institution} {}", self.scope)
     }
 
-    fn error(&self, what: &str, error: impl fmt::Display) -> StoreError {
-        StoreError(format!("{what} {}: {error}", self.path.display()))
+    fn error(&self, what: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::caused(format!("{what} {}", self.path.display()), error)
     }
 
     fn read_all(&self) -> Result<HashMap<String, Token>, StoreError> {

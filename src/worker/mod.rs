@@ -208,11 +208,11 @@ async fn prepare(
 
     let store = broker::token_store::start(connection, &amqp.name_prefix).await?;
     let slot = broker::msgid_slot::claim_msgid_slot(connection, &amqp.name_prefix).await?;
-    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot))).map_err(|e| BrokerError::Setup(e.to_string()))?;
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))?;
     let publisher = Publisher::open(connection).await?;
     let codes: Arc<[String]> = config.institutions.iter().map(|i| i.fixmedins_code.clone()).collect();
     let settler = Settler::new(publisher, topology, Backoff::new(&config.retry), holds.clone(), codes);
-    let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await.map_err(|e| BrokerError::Setup(e.to_string()))?;
+    let ledger = Ledger::open(connection, &amqp.name_prefix, &config.ledger).await?;
     tracing::info!(msgid_slot = slot, indexed_keys = ledger.indexed_keys(), "connected to the broker; topology declared; ledger indexed");
     let streams_lost = broker::log::any_lost(vec![store.lost(), ledger.lost()]);
     let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
