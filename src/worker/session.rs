@@ -278,6 +278,19 @@ impl<'s, 'a> Flow<'s, 'a> {
 /// (requeued, delivered again) and reports them settled, so that neither their keys nor the
 /// ack window wait for them for the rest of the session.
 async fn settle_or_hand_back(settling: impl Future<Output = Settlement>, deliveries: Vec<(Tag, Acker)>) -> Settlement {
+    settled_or_handed_back(settling, deliveries, async |deliveries: &[(Tag, Acker)]| {
+        let requeue = BasicNackOptions { requeue: true, multiple: false };
+        join_all(deliveries.iter().map(|(_, acker)| acker.nack(requeue))).await;
+    })
+    .await
+}
+
+/// [`settle_or_hand_back`] with the handing back given (`hand_back`), for any acker.
+async fn settled_or_handed_back<A>(
+    settling: impl Future<Output = Settlement>,
+    deliveries: Vec<(Tag, A)>,
+    hand_back: impl AsyncFnOnce(&[(Tag, A)]),
+) -> Settlement {
     match AssertUnwindSafe(settling).catch_unwind().await {
         Ok(settlement) => settlement,
         Err(panic) => {
@@ -287,8 +300,7 @@ async fn settle_or_hand_back(settling: impl Future<Output = Settlement>, deliver
                 "bug: settling a batch panicked ({}); its deliveries are handed back to the broker and come again",
                 what.as_deref().unwrap_or("no message")
             );
-            let requeue = BasicNackOptions { requeue: true, multiple: false };
-            join_all(deliveries.iter().map(|(_, acker)| acker.nack(requeue))).await;
+            hand_back(&deliveries).await;
             crate::telemetry::metrics::deliveries_settled(deliveries.len());
             Settlement { acked: deliveries.into_iter().map(|(tag, _)| tag).collect(), ..Settlement::default() }
         }
@@ -310,5 +322,28 @@ async fn flush_acks(channel: &Channel, prefetch: u16) {
         if let Err(error) = tokio::time::timeout(Duration::from_secs(5), barrier).await.unwrap_or_else(|_| Ok(())) {
             tracing::warn!("could not confirm that the last acks reached the broker: {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn a_batch_whose_settling_panics_is_handed_back_and_reported_settled() {
+        let handed = Mutex::new(Vec::new());
+        let panicking = async { panic!("a bug") };
+        let settlement = settled_or_handed_back(panicking, vec![(3, "a"), (7, "b")], async |deliveries: &[(Tag, &str)]| {
+            handed.lock().unwrap().extend(deliveries.iter().map(|(_, acker)| *acker));
+        })
+        .await;
+        assert_eq!(settlement.acked, [3, 7], "the ack window no longer waits for them");
+        assert!(settlement.to_ack.is_empty());
+        assert_eq!(*handed.lock().unwrap(), ["a", "b"], "each delivery is handed back to the broker once");
+
+        let fine = async { Settlement { acked: vec![1], ..Settlement::default() } };
+        let settlement = settled_or_handed_back(fine, vec![(1, "c")], async |_: &[(Tag, &str)]| panic!("not handed back")).await;
+        assert_eq!(settlement.acked, [1]);
     }
 }
