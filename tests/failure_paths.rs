@@ -553,7 +553,9 @@ async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
 async fn send_connects_again_when_its_broker_connection_is_lost() {
     let sim = TestSimulator::builder().institutions(1).start();
     let vhost = common::broker::unique_vhost("send-reconnect");
-    sim.set_latency(300, 300).await;
+    // Ten calls of a second each: the connection is closed while most are still to come,
+    // however long rabbitmqctl takes on a loaded machine.
+    sim.set_latency(1_000, 1_000).await;
     let config = worker_config(&sim, &vhost, 100);
     let file = config.with_file_name("backfill.jsonl");
     let rows: Vec<_> = (0..1000).map(|i| row(Infno::Els7004, &format!("FILL-{i:04}"), "1")).collect();
