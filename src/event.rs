@@ -87,9 +87,9 @@ pub enum Institutions<'a> {
     Any,
 }
 
-/// The default largest event body, in bytes (`worker.max_event_bytes`), and the largest
-/// line of a record or event file.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The default largest event body, in bytes (`worker.max_event_bytes`): the same as the
+/// largest line of a record or event file.
+pub const MAX_EVENT_BYTES: usize = input::MAX_LINE_BYTES;
 
 /// Parses and validates one event body, reporting every problem found.
 pub fn parse(body: &[u8], institutions: Institutions) -> Result<Event, InvalidEvent> {

@@ -68,9 +68,9 @@ pub struct Line {
     pub content: Result<Map<String, Value>, LineError>,
 }
 
-/// The longest line read; a longer one is a [`LineError::TooLong`], skipped without being
-/// held in memory.
-pub const MAX_LINE_BYTES: usize = crate::event::MAX_EVENT_BYTES;
+/// The longest line read (64 KiB, far above any valid record or event); a longer one is a
+/// [`LineError::TooLong`], skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Reads the lines of one file as JSON objects.
 pub struct Lines {
