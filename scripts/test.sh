@@ -18,7 +18,9 @@
 #    bin-dir). One test runs on 3.10 only: the in-place upgrade beside the old refresh-lock
 #    queues, which a broker that denies transient queues cannot hold;
 # 5. cargo test --doc, and the Beijing-time unit tests once more under two host time zones
-#    (UTC and America/New_York): platform times must not depend on the host's zone.
+#    (UTC and America/New_York): platform times must not depend on the host's zone;
+# 6. scripts/fuzz.sh 20: every fuzz target for 20 s (cargo-fuzz, installed when missing;
+#    needs the nightly toolchain, and says so when there is none).
 #
 # Exits non-zero on the first failure. Integration tests never skip: without a broker
 # they fail. The 4.3 node is stopped at the end (its data is thrown away at every start);
@@ -140,7 +142,20 @@ done
 [[ ${results[UTC]} == "${results[America/New_York]}" ]] \
     || fail "the beijing tests differ between TZ=UTC and TZ=America/New_York"
 
+# A short fuzzing run of the hostile-input parsers (fuzz/README.md). cargo-fuzz needs the
+# nightly toolchain; a machine without one says so loudly instead of failing the suite.
+fuzzed="not run: no nightly toolchain on this machine (cargo-fuzz needs it)"
+if cargo +nightly --version >/dev/null 2>&1; then
+    step "scripts/fuzz.sh 20 (every fuzz target for 20 s)"
+    t=$SECONDS
+    bash scripts/fuzz.sh 20 || fail "scripts/fuzz.sh 20: a fuzz target found a crash"
+    fuzzed="passed in $((SECONDS - t)) s"
+else
+    printf '\n==> WARNING: fuzzing %s\n' "$fuzzed" >&2
+fi
+
 trap - ERR
+printf 'test.sh: fuzzing %s\n' "$fuzzed" >&2
 for version in 4.3 3.10; do
     printf 'test.sh: RabbitMQ %s: ready after %d s, the suite took %d s\n' \
         "${part_version[$version]}" "${broker_secs[$version]}" "${part_secs[$version]}" >&2
