@@ -209,9 +209,12 @@ impl Iterator for Lines {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
             Inner::Jsonl(raw) => {
-                let line = raw.next()?;
+                // Blank lines at the end are consumed too, even though no line comes of them.
+                let line = raw.next();
                 self.consumed = raw.consumed();
-                Some(line.map(|line| Line { number: line.number, content: line.bytes.and_then(|bytes| parse_json_object(&bytes)) }))
+                line.map(|line| {
+                    line.map(|line| Line { number: line.number, content: line.bytes.and_then(|bytes| parse_json_object(&bytes)) })
+                })
             }
             Inner::Csv { reader, header, record } => match reader.read_byte_record(record) {
                 Ok(false) => None,
@@ -401,6 +404,16 @@ mod tests {
         assert!(summary[2].1.as_ref().unwrap_err().starts_with("expected a JSON object"));
         assert_eq!(summary[3], (5, Err("not UTF-8 text (byte 1)".into())));
         assert_eq!(summary[4], (6, Ok(1)));
+    }
+
+    #[test]
+    fn every_byte_is_consumed_blank_lines_at_the_end_included() {
+        let bytes = b"{\"a\":1}\n\n  \r\n";
+        let f = file(bytes);
+        let mut lines = Lines::open(f.path(), Format::Jsonl).unwrap();
+        assert!(lines.next().is_some());
+        assert!(lines.next().is_none());
+        assert_eq!(lines.consumed(), bytes.len() as u64, "found by the record_lines fuzz target");
     }
 
     #[test]
