@@ -76,6 +76,10 @@ for target in "${targets[@]}"; do
     [[ -d $seeds ]] || fail "no seed corpus fuzz/seeds/$target"
     corpus=${FUZZ_CORPUS_DIR:+$FUZZ_CORPUS_DIR/$target}
     corpus=${corpus:-$WORK/corpus/$target}
+    # Inputs that once broke a target are replayed first, with the seeds.
+    regressions=$ROOT/fuzz/regressions/$target
+    inputs=("$corpus" "$seeds")
+    [[ -d $regressions ]] && inputs+=("$regressions")
     mkdir -p "$corpus" "$ROOT/fuzz/artifacts/$target" "$WORK/$target"
     log=$WORK/$target.log
     step "$target: ${SECONDS_PER_TARGET} s from fuzz/seeds/$target ($(find "$seeds" -type f | wc -l) seeds)"
@@ -83,7 +87,7 @@ for target in "${targets[@]}"; do
     (cd "$WORK/$target" && ELS_FUZZ_SCRATCH=$WORK/$target nice -n "$NICE" "$BIN_DIR/$target" \
         -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 -timeout=10 \
         -artifact_prefix="$ROOT/fuzz/artifacts/$target/" "${extra_args[@]}" \
-        "$corpus" "$seeds") >"$log" 2>&1 || rc=$?
+        "${inputs[@]}") >"$log" 2>&1 || rc=$?
     executions[$target]=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     rate[$target]=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     # "#N DONE cov: C ft: F corp: K/SIZE ...": coverage and corpus at the end.
