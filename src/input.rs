@@ -363,12 +363,23 @@ mod unique_keys {
 }
 
 /// A CSV row as an object of its non-empty cells, named by the header.
+/// A row longer than [`MAX_LINE_BYTES`], a byte-order mark before its first cell and a
+/// header that names a column twice are treated as in JSON Lines: too large, ignored, and
+/// refused (which cell was meant would be a guess).
 fn csv_object(header: &[String], record: &csv::ByteRecord) -> Result<Map<String, Value>, LineError> {
+    let bytes = record.as_slice().len();
+    if bytes > MAX_LINE_BYTES {
+        return Err(LineError::TooLong { bytes: bytes as u64, max: MAX_LINE_BYTES });
+    }
     if record.len() != header.len() {
         return Err(LineError::Csv(format!("{} cells, but the header has {} columns", record.len(), header.len())));
     }
+    if let Some(twice) = header.iter().enumerate().find(|(at, name)| !name.is_empty() && header[..*at].contains(name)) {
+        return Err(LineError::DuplicateField(excerpt(twice.1)));
+    }
     let mut row = Map::new();
-    for (name, cell) in header.iter().zip(record.iter()) {
+    for (at, (name, cell)) in header.iter().zip(record.iter()).enumerate() {
+        let cell = if at == 0 { without_bom(cell) } else { cell };
         let text = std::str::from_utf8(cell).map_err(|e| LineError::NotUtf8(e.valid_up_to() + 1))?;
         if !text.trim().is_empty() {
             row.insert(name.clone(), Value::String(text.to_owned()));
@@ -414,6 +425,16 @@ mod tests {
         assert!(lines.next().is_some());
         assert!(lines.next().is_none());
         assert_eq!(lines.consumed(), bytes.len() as u64, "found by the record_lines fuzz target");
+    }
+
+    #[test]
+    fn csv_rows_follow_the_json_lines_rules() {
+        let f = file("drug_code,spec\n\u{feff}X1,s\n".as_bytes());
+        assert_eq!(read_all(f.path(), Format::Csv).unwrap()[0].content.as_ref().unwrap()["drug_code"], "X1", "a BOM on a data row");
+        let twice = file(b"stoin_cnt,spec,stoin_cnt\n-5,s,60\n");
+        assert_eq!(read_all(twice.path(), Format::Csv).unwrap()[0].content, Err(LineError::DuplicateField("stoin_cnt".into())));
+        let long = file(format!("spec\n{}\n", "x".repeat(MAX_LINE_BYTES + 1)).as_bytes());
+        assert!(matches!(read_all(long.path(), Format::Csv).unwrap()[0].content, Err(LineError::TooLong { .. })));
     }
 
     #[test]

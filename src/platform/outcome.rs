@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::super::spec::field::excerpt;
+use super::super::spec::field::{excerpt, excerpt_of};
 
 /// The answer body of the platform.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub enum Outcome {
     Transient { code: Option<u32>, message: String },
 }
 
+/// The most characters of the platform's `returnMsg` kept in an outcome.
+pub const PLATFORM_MESSAGE_CHARS: usize = 500;
+
 impl Outcome {
     /// Classifies an HTTP answer.
     pub fn from_http(status: u16, body: &[u8]) -> Outcome {
@@ -95,16 +98,21 @@ impl Outcome {
         Outcome::Transient { code: None, message: format!("{what}: {}", excerpt(&detail)) }
     }
 
-    /// Classifies a JSON answer by `infcode` and `output.data.returnCode`.
+    /// Classifies a JSON answer by `infcode` and `output.data.returnCode`. The platform's
+    /// message is kept up to [`PLATFORM_MESSAGE_CHARS`] characters, control characters
+    /// escaped.
     pub fn from_reply(reply: &Reply) -> Outcome {
         let data = reply.output.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
         let message = data.get("returnMsg").map(text).unwrap_or_default();
         let message = if message.is_empty() { reply.err_msg.clone() } else { message };
+        // The platform's words reach logs, dead letters and reject files: never a control
+        // character (a forged log line), never more than a paragraph.
+        let message = excerpt_of(&message, PLATFORM_MESSAGE_CHARS);
         let infcode = number(&reply.infcode);
         let Some(code) = data.get("returnCode").and_then(number) else {
             return Outcome::Transient {
                 code: None,
-                message: format!("answer without returnCode (infcode {}): {}", text(&reply.infcode), excerpt(&message)),
+                message: format!("answer without returnCode (infcode {}): {}", excerpt(&text(&reply.infcode)), excerpt(&message)),
             };
         };
         let code32 = u32::try_from(code).ok();
@@ -112,7 +120,7 @@ impl Outcome {
             (Some(0), 1) => Outcome::Accepted(data),
             (_, 1) => Outcome::Transient {
                 code: Some(1),
-                message: format!("returnCode 1 but infcode {}: {}", text(&reply.infcode), excerpt(&message)),
+                message: format!("returnCode 1 but infcode {}: {}", excerpt(&text(&reply.infcode)), excerpt(&message)),
             },
             (_, 17) => Outcome::Duplicate,
             (_, 5) => Outcome::TokenInvalid,
@@ -309,5 +317,18 @@ mod tests {
         assert_eq!(o.to_string(), "returnCode 13: msg");
         let o = Outcome::from_http(200, &reply(json!("-1"), json!("4")));
         assert!(o.to_string().contains("wrong app_code or auth_code"), "{o}");
+    }
+
+    #[test]
+    fn the_platforms_words_carry_no_control_character_and_are_bounded() {
+        let forged = json!({"infcode": "x\ny", "output": {"data": {"returnCode": "13", "returnMsg": format!("bad\nINFO forged\r\u{1b}[31m{}", "m".repeat(10_000))}}});
+        let o = Outcome::from_http(200, forged.to_string().as_bytes());
+        let text = o.to_string();
+        assert!(!text.chars().any(char::is_control), "{text}");
+        assert!(text.starts_with("returnCode 13: bad\\nINFO forged"), "{text}");
+        assert!(text.chars().count() < PLATFORM_MESSAGE_CHARS + 40, "{} characters", text.chars().count());
+        let infcode = json!({"infcode": "x\ny".repeat(1000), "output": {"data": {"returnCode": "1"}}});
+        let o = Outcome::from_http(200, infcode.to_string().as_bytes());
+        assert!(!o.to_string().chars().any(char::is_control) && o.to_string().len() < 200, "{o}");
     }
 }

@@ -95,9 +95,14 @@ impl FieldError {
 /// escapes control characters (`\n`, `\u{1b}`, ...), so that input echoed in a message
 /// can never start a line of its own or colour a terminal.
 pub fn excerpt(text: &str) -> String {
+    excerpt_of(text, EXCERPT_CHARS)
+}
+
+/// [`excerpt`] at most `max` characters long (before escaping).
+pub fn excerpt_of(text: &str, max: usize) -> String {
     let mut shown = String::new();
     for (count, c) in text.chars().enumerate() {
-        if count == EXCERPT_CHARS {
+        if count == max {
             shown.push('…');
             break;
         }

@@ -232,3 +232,15 @@ fn decimals_can_be_sent_as_numbers_when_configured() {
     assert_eq!(row["stoin_cnt"], json!(12.5));
     assert_eq!(row["mcs_code"], json!("mcs_code-1"));
 }
+
+#[test]
+fn a_rows_message_names_twenty_problems_and_counts_the_rest() {
+    let mut row = serde_json::Map::new();
+    for n in 0..600 {
+        row.insert(format!("c{n}"), serde_json::json!("1"));
+    }
+    let errors = Record::parse(Infno::Els7002, &row).unwrap_err();
+    let message = errors.to_string();
+    assert!(errors.0.len() > 600 && message.len() < 3_000, "{} bytes", message.len());
+    assert!(message.ends_with(&format!("; and {} more problems", errors.0.len() - ERRORS_SHOWN)), "{message}");
+}
