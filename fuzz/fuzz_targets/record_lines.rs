@@ -9,31 +9,43 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use els_bridge::input::{Format, Lines};
 use els_bridge::spec::{Infno, Record};
 use libfuzzer_sys::fuzz_target;
 
-/// `input::Lines` reads files only: one file, rewritten for every input, in a directory of
-/// this process under `$ELS_FUZZ_SCRATCH` (scripts/fuzz.sh sets it to its scratch
-/// directory), else on tmpfs (/dev/shm) where there is one, else in the temp directory.
-fn scratch_file() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+/// `input::Lines` reads files only: one file of this process, rewritten for every input.
+/// It is created under `$ELS_FUZZ_SCRATCH` (scripts/fuzz.sh sets it to its scratch
+/// directory), else on tmpfs (/dev/shm) where there is one, else in the temp directory,
+/// and unlinked at once: it is read through `/proc/self/fd`, so that nothing is left
+/// behind however the process ends (a crash, a timeout, a kill).
+struct Scratch {
+    file: File,
+    path: PathBuf,
+}
+
+fn scratch() -> &'static Scratch {
+    static SCRATCH: OnceLock<Scratch> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
         let base = std::env::var_os("ELS_FUZZ_SCRATCH")
             .map(PathBuf::from)
             .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
             .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("els-bridge-fuzz-record-lines-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        dir.join("input")
+        std::fs::create_dir_all(&base).expect("scratch directory");
+        let named = base.join(format!("els-bridge-fuzz-record-lines-{}", std::process::id()));
+        let file = File::options().read(true).write(true).create(true).truncate(true).open(&named).expect("scratch file");
+        let through_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let path = if through_fd.exists() && std::fs::remove_file(&named).is_ok() { through_fd } else { named };
+        Scratch { file, path }
     })
 }
 
-fn read(path: &PathBuf, format: Format, infno: Infno, size: u64) {
+fn read(path: &Path, format: Format, infno: Infno, size: u64) {
     let lines = match Lines::open(path, format) {
         Ok(lines) => lines,
         Err(error) => {
@@ -88,11 +100,10 @@ fn read(path: &PathBuf, format: Format, infno: Infno, size: u64) {
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, file)) = data.split_first() else { return };
     let infno = Infno::UPLOADS[usize::from(selector) % Infno::UPLOADS.len()];
-    let path = scratch_file();
-    let mut out = std::fs::File::create(path).expect("scratch file");
-    out.write_all(file).expect("scratch file");
-    drop(out);
+    let scratch = scratch();
+    scratch.file.set_len(0).expect("scratch file");
+    scratch.file.write_all_at(file, 0).expect("scratch file");
     let size = file.len() as u64;
-    read(path, Format::Jsonl, infno, size);
-    read(path, Format::Csv, infno, size);
+    read(&scratch.path, Format::Jsonl, infno, size);
+    read(&scratch.path, Format::Csv, infno, size);
 });
