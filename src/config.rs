@@ -261,12 +261,21 @@ pub struct WorkerSettings {
     /// without being parsed. A valid event is far smaller (every field at its longest, in
     /// escaped UTF-8, is under 16 KiB), so this bounds what one parse may take.
     pub max_event_bytes: usize,
+    /// The most event bytes a worker may hold: it asks the broker for no more unacked
+    /// deliveries than this over `max_event_bytes` (RabbitMQ's prefetch counts messages,
+    /// not bytes), so that a backlog of large events cannot take it past its memory limit.
+    #[serde(default = "default_max_held_bytes")]
+    pub max_held_bytes: usize,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { drain_deadline_secs: 30, max_event_bytes: crate::event::MAX_EVENT_BYTES }
+        WorkerSettings { drain_deadline_secs: 30, max_event_bytes: crate::event::MAX_EVENT_BYTES, max_held_bytes: default_max_held_bytes() }
     }
+}
+
+fn default_max_held_bytes() -> usize {
+    128 << 20
 }
 
 /// `[ledger]`: the receipts ledger on the broker (a stream of every accepted upload).
@@ -563,7 +572,33 @@ impl Config {
         if !(1024..=16 << 20).contains(&max_event) {
             return fail(format!("worker.max_event_bytes = {max_event} is out of range: from 1024 to 16777216 bytes"));
         }
-        Ok(())
+        self.check_held_bytes()
+    }
+
+    /// The byte budget holds at least one event, and an explicit prefetch fits in it.
+    fn check_held_bytes(&self) -> Result<(), ConfigError> {
+        let WorkerSettings { max_event_bytes, max_held_bytes, .. } = self.worker;
+        if max_held_bytes < max_event_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "worker.max_held_bytes = {max_held_bytes} is below worker.max_event_bytes = {max_event_bytes}: a worker could not hold one event"
+            )));
+        }
+        match self.amqp.as_ref().and_then(|a| a.prefetch) {
+            Some(prefetch) if usize::from(prefetch) > self.held_deliveries() => Err(ConfigError::Invalid(format!(
+                "amqp.prefetch = {prefetch} deliveries of up to worker.max_event_bytes = {max_event_bytes} bytes could hold {} MiB, \
+                 more than worker.max_held_bytes = {max_held_bytes} ({} MiB): lower amqp.prefetch (at most {}) or worker.max_event_bytes, \
+                 or raise worker.max_held_bytes if the worker's memory limit allows",
+                (usize::from(prefetch) * max_event_bytes) >> 20,
+                max_held_bytes >> 20,
+                self.held_deliveries()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The most deliveries of `worker.max_event_bytes` that fit in `worker.max_held_bytes`.
+    fn held_deliveries(&self) -> usize {
+        self.worker.max_held_bytes / self.worker.max_event_bytes.max(1)
     }
 
     /// The settings that become durations, each with the range it may take: a value beyond
@@ -604,12 +639,14 @@ impl Config {
     }
 
     /// The worker's prefetch: `amqp.prefetch` if set, else [`Config::lanes_prefetch`] and a
-    /// quarter more (1 250 for one institution with the defaults): the room beyond the
-    /// lanes' need is where settled deliveries wait to be acked together.
+    /// quarter more (1 250 for one institution with the defaults), as far as
+    /// `worker.max_held_bytes` allows: the room beyond the lanes' need is where settled
+    /// deliveries wait to be acked together.
     pub fn worker_prefetch(&self) -> u16 {
         self.amqp.as_ref().and_then(|a| a.prefetch).unwrap_or_else(|| {
             let lanes = usize::from(self.lanes_prefetch());
-            u16::try_from(lanes + lanes / 4).unwrap_or(u16::MAX)
+            let sized = (lanes + lanes / 4).min(self.held_deliveries()).max(1);
+            u16::try_from(sized).unwrap_or(u16::MAX)
         })
     }
 }
@@ -682,6 +719,24 @@ mod tests {
         assert_eq!((c.lanes_prefetch(), c.worker_prefetch()), (800, 1000));
         let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__PREFETCH", "50")])).unwrap();
         assert_eq!((c.worker_prefetch(), c.lanes_prefetch()), (50, 1000));
+    }
+
+    #[test]
+    fn the_prefetch_fits_in_the_byte_budget() {
+        let budget = |vars: &[(&str, &str)]| Config::from_toml(TOML, env(vars));
+        let c = budget(&[("ELS_BRIDGE__WORKER__MAX_HELD_BYTES", "33554432")]).unwrap();
+        assert_eq!(c.worker_prefetch(), 512, "32 MiB of 64 KiB events, below the 1 250 sized for the lanes");
+        let c = budget(&[("ELS_BRIDGE__WORKER__MAX_HELD_BYTES", "33554432"), ("ELS_BRIDGE__WORKER__MAX_EVENT_BYTES", "16384")]).unwrap();
+        assert_eq!(c.worker_prefetch(), 1250, "smaller events: the lanes' size fits");
+        let error = budget(&[("ELS_BRIDGE__AMQP__PREFETCH", "2049")]).expect_err("128 MiB hold 2 048 events of 64 KiB");
+        assert!(
+            error.to_string().contains("amqp.prefetch = 2049 deliveries of up to worker.max_event_bytes = 65536 bytes could hold 128 MiB"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("lower amqp.prefetch (at most 2048)"), "{error}");
+        assert_eq!(budget(&[("ELS_BRIDGE__AMQP__PREFETCH", "2048")]).unwrap().worker_prefetch(), 2048);
+        let error = budget(&[("ELS_BRIDGE__WORKER__MAX_HELD_BYTES", "1000")]).expect_err("less than one event");
+        assert!(error.to_string().contains("a worker could not hold one event"), "{error}");
     }
 
     #[test]

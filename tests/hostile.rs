@@ -10,7 +10,7 @@ use common::broker::{QueueCounts, rabbitmqctl};
 use common::records::{event, row};
 use common::simulator::eventually;
 use common::worker::{WorkerProcess, World, worker_config};
-use els_bridge::simulator::api::RecordFilter;
+use els_bridge::simulator::api::{CallFilter, RecordFilter};
 use els_bridge::spec::Infno;
 
 /// Whether `log` shows `secret` as text or as the byte array lapin's frame tracing prints.
@@ -123,6 +123,38 @@ async fn hostile_bodies_become_dead_letters_and_the_valid_events_flow() {
     let peak = worker.peak_rss();
     eprintln!("worker peak RSS: {} MiB", peak >> 20);
     assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// A byte budget beside the prefetch: with `worker.max_event_bytes = 1024` and
+/// `worker.max_held_bytes = 10240`, the sized prefetch (1 250) is cut to 10, which the broker
+/// shows for the worker's consumer; 30 events behind a linger of a minute go up in calls of
+/// at most 10 rows (the worker never holds more), and all of them arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_a_worker_holds_are_bounded_by_its_budget() {
+    let World { sim, vhost, amqp } = World::with_institutions("held-bytes", 1).await;
+    let code = sim.institution(0).code.clone();
+    let toml = common::worker::worker_toml(vhost.url(), 60_000).replace("prefetch = 500\n", "")
+        + "max_event_bytes = 1024\nmax_held_bytes = 10240\n";
+    let mut worker = WorkerProcess::start(&sim.write_client_config("budget.toml", &toml), "held-bytes");
+    let prefetch = eventually("the worker's consumer", Duration::from_secs(30), async || {
+        let consumers = rabbitmqctl(&["list_consumers", "-p", vhost.name(), "queue_name", "prefetch_count"]);
+        consumers.lines().find_map(|l| l.strip_prefix("els.events\t")).map(|p| p.trim().to_owned())
+    })
+    .await;
+    assert_eq!(prefetch, "10", "10 KiB of 1 KiB events");
+
+    let events: Vec<_> = (0..30).map(|i| event(Infno::Els7004, &code, Some(1), row(Infno::Els7004, &format!("B-{i:02}"), "1"))).collect();
+    amqp.publish(&events).await;
+    eventually("the 30 records are stored", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.total == 30).then_some(())
+    })
+    .await;
+    let uploads: Vec<usize> =
+        sim.calls(&CallFilter::default()).await.calls.iter().filter(|c| c.infno.as_deref() == Some("ELS7004")).map(|c| c.rows).collect();
+    assert!(uploads.iter().all(|rows| *rows <= 10), "rows per call: {uploads:?}");
+    assert_eq!(uploads.iter().sum::<usize>(), 30, "rows per call: {uploads:?}");
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }

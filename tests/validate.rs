@@ -190,3 +190,36 @@ fn hostile_lines_cannot_forge_output_or_flood_it() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(":1: column this is not a header: is not a field of this transaction"), "{out}");
 }
+
+/// Issue 14: `validate` buffers its report. 20 000 empty objects make 320 001 lines of
+/// report (16 missing fields each, and the total); written line by line that was as many
+/// `write` calls (a CSV of 200 000 empty rows took 15-19 s through a pipe). The kernel counts a process's write calls
+/// (`/proc/PID/io`, `syscw`), readable until the finished process is reaped.
+#[test]
+fn the_report_is_written_in_few_system_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty-rows.jsonl");
+    std::fs::write(&path, "{}\n".repeat(20_000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["validate", "--infno", "ELS7002", path.to_str().unwrap()])
+        .env_remove("ELS_BRIDGE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run els-bridge");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    // stdout closed: the process is exiting. It stays a zombie, with its counters, until
+    // `wait` below; the poll ends as soon as it is one (or fails when it never becomes one).
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&stat).unwrap().split(") ").nth(1).unwrap().starts_with('Z') {
+        assert!(std::time::Instant::now() < deadline, "validate did not exit");
+        std::thread::yield_now();
+    }
+    let io = std::fs::read_to_string(format!("/proc/{}/io", child.id())).unwrap();
+    let writes: usize = io.lines().find_map(|l| l.strip_prefix("syscw: ")).unwrap().parse().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(out.contains("20000 lines checked: 0 valid, 20000 invalid"), "{}", &out[out.len().saturating_sub(200)..]);
+    let lines = out.lines().count();
+    assert!(writes * 20 < lines, "{writes} write calls for {lines} lines of report");
+}

@@ -56,6 +56,21 @@ pub enum WorkerError {
     Client(#[from] crate::platform::client::ClientError),
 }
 
+/// Warns when the prefetch (set, or cut to `worker.max_held_bytes`) is below what the lanes
+/// need to fill their calls.
+fn warn_if_calls_cannot_fill(config: &Config) {
+    let (prefetch, needed) = (config.worker_prefetch(), config.lanes_prefetch());
+    if prefetch < needed {
+        tracing::warn!(
+            "the prefetch of {prefetch} (amqp.prefetch, or what fits in worker.max_held_bytes) is below the {needed} deliveries \
+             that {} institution(s) need to fill their calls (institutions × (6 lanes + batch.max_in_flight_per_institution) × \
+             batch.max_records): calls will carry fewer rows than they could; raise amqp.prefetch or leave it unset, \
+             or lower worker.max_event_bytes or raise worker.max_held_bytes",
+            config.institutions.len()
+        );
+    }
+}
+
 /// Runs the worker until `shutdown` is cancelled and the drain is over.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     if config.institutions.is_empty() {
@@ -64,15 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     // Fail early on a bad platform configuration (CA file, ...).
     PlatformClient::new(&config.platform, Arc::new(MsgIds::new(0)))?;
     let amqp = config.amqp.clone().unwrap_or_default();
-    if let Some(prefetch) = amqp.prefetch.filter(|p| *p < config.lanes_prefetch()) {
-        tracing::warn!(
-            "amqp.prefetch = {prefetch} is below the {} deliveries that {} institution(s) need to fill their calls \
-             (institutions × (6 lanes + batch.max_in_flight_per_institution) × batch.max_records): \
-             calls will carry fewer rows than they could; raise it or leave it unset to have it sized",
-            config.lanes_prefetch(),
-            config.institutions.len()
-        );
-    }
+    warn_if_calls_cannot_fill(&config);
     let backoff = Backoff::new(&config.retry);
     let holds = Holds::new(backoff);
     let health = Health::new(holds.clone());

@@ -71,7 +71,8 @@ impl Session<'_> {
         let queue = self.amqp.queue.as_str();
         let mut consumer = channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         (self.on_consuming)(true);
-        tracing::info!(queue, prefetch, "consuming");
+        let max_event_bytes = self.config.worker.max_event_bytes;
+        tracing::info!(queue, prefetch, max_event_bytes, "consuming");
 
         let mut flow = Flow::new(&self, prefetch);
         let result = flow.consume(&channel, &mut consumer, shutdown).await;
