@@ -251,6 +251,14 @@ else
         bad "sample day: validate exited $status, invalid lines '$got', expected '$expected'"
     fi
 
+    # README's quick start: the example configuration loads and the example records pass.
+    if out=$("$bin" validate --config examples/els-bridge.toml --infno ELS7002 examples/els7002.jsonl 2>&1); then
+        ok "README's quick start: examples/els-bridge.toml loads, examples/els7002.jsonl is valid"
+    else
+        printf '%s\n' "$out" >&2
+        bad "README's quick start: validate --config examples/els-bridge.toml examples/els7002.jsonl failed"
+    fi
+
     # Each rendered configuration must load; its secret files are mounted in a pod, so
     # point them at temporary files here.
     secrets=$(mktemp -d)
