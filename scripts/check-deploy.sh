@@ -19,8 +19,8 @@
 # 5. deploy/compose/sample-day.jsonl is what scripts/sample_day.py generates;
 # 6. with an els-bridge binary ($ELS_BRIDGE_BIN, else target/debug/els-bridge, else
 #    target/release/els-bridge): the sample day validates except exactly its broken-on-
-#    purpose lines, and every configuration file the chart renders loads. Without a binary
-#    these two checks are skipped, and say so.
+#    purpose lines, README's quick start (examples/) validates, and every configuration
+#    file the chart renders loads. Without a binary these checks are skipped, and say so.
 #
 # Runs every check, prints a summary, exits 1 if any failed.
 set -uo pipefail
