@@ -3,6 +3,7 @@
 
 pub mod log;
 pub mod msgid_slot;
+pub mod outbox;
 pub mod presence;
 pub mod publisher;
 pub mod token_store;

@@ -1,12 +1,13 @@
 //! Publishing with publisher confirms: a publish succeeds only when the broker has taken
 //! responsibility for the message (persisted to a queue).
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::generation::gen_field_table;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::BrokerError;
+use super::outbox::{Confirmed, publish_mandatory};
 
 /// How long a publish may wait for the broker's confirm.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -36,15 +37,15 @@ impl Publisher {
     /// message that no queue takes (`mandatory`, returned) or that the broker refuses is an
     /// error.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirming = async { self.channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirming)
+        let confirming = async { publish_mandatory(&self.channel, exchange, routing_key, body, properties).await?.await };
+        let answer = tokio::time::timeout(CONFIRM_TIMEOUT, confirming)
             .await
-            .map_err(|_| BrokerError::ConfirmTimeout { secs: CONFIRM_TIMEOUT.as_secs() })??;
-        if !confirmation.is_ack() || confirmation.take_message().is_some() {
-            return Err(BrokerError::Nacked);
+            .map_err(|_| BrokerError::ConfirmTimeout { secs: CONFIRM_TIMEOUT.as_secs() })?;
+        match Confirmed::of(answer) {
+            Confirmed::Taken => Ok(()),
+            Confirmed::Unroutable | Confirmed::Refused => Err(BrokerError::Nacked),
+            Confirmed::Lost(error) => Err(error.into()),
         }
-        Ok(())
     }
 }
 

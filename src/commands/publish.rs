@@ -16,25 +16,26 @@
 //! and publishes every message of the window again: a message counts as published only
 //! once the broker confirmed it, so none is lost, and some may arrive twice.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Pace, load_config, parse_rate};
 use super::{EXIT_FAILED, EXIT_OK};
 use crate::broker;
-use crate::config::AmqpSettings;
+use crate::broker::outbox::{Confirmed, Outbox, publish_mandatory};
+use crate::config::{AmqpSettings, RetrySettings};
 use crate::event::{self, Institutions, InvalidEvent};
 use crate::input::{RawLine, RawLines};
+use crate::retry::Backoff;
 
 /// Messages published and not yet confirmed, at most.
 pub const WINDOW: usize = 500;
@@ -69,13 +70,6 @@ struct Outgoing {
     routing_key: String,
     message_id: String,
     body: Vec<u8>,
-}
-
-/// An event in flight: published, waiting for its confirm (`None` after a connection loss,
-/// until it is published again).
-struct InFlight {
-    event: Outgoing,
-    confirm: Option<PublisherConfirm>,
 }
 
 /// Counts for the summary.
@@ -119,12 +113,13 @@ enum Stop {
     Fatal(String),
 }
 
-/// The broker side: a confirm-mode channel, reconnected when lost, and the window.
-struct Outbox<'a> {
+/// The broker side: a confirm-mode channel, reconnected when lost, and the window of
+/// events waiting for their confirms.
+struct Publishing<'a> {
     amqp: &'a AmqpSettings,
     connection: Option<Connection>,
     channel: Option<Channel>,
-    window: VecDeque<InFlight>,
+    window: Outbox<Outgoing>,
     max_retry: Duration,
     cancel: CancellationToken,
     /// Refusals in a row.
@@ -132,19 +127,24 @@ struct Outbox<'a> {
 }
 
 /// Refusals in a row (negative confirms, or messages returned as unroutable) after which
-/// publishing stops; the waits between them are 0.5, 1, 2, 4, 8 and 16 s.
+/// publishing stops; the waits between them grow from 0.5 s to 16 s ([`REFUSAL_BACKOFF`]).
 const MAX_REFUSALS: u32 = 6;
+/// The waits after a refusal in a row.
+const REFUSAL_BACKOFF: RetrySettings = RetrySettings { initial_backoff_ms: 500, max_backoff_ms: 16_000, max_elapsed_secs: 0 };
+/// The waits between attempts to reach the broker again (`--max-retry-secs` in all).
+const RECONNECT_BACKOFF: RetrySettings = RetrySettings { initial_backoff_ms: 500, max_backoff_ms: 15_000, max_elapsed_secs: 0 };
 
-impl<'a> Outbox<'a> {
+impl<'a> Publishing<'a> {
     /// Connects once: a broker that cannot be reached at the start is a configuration
     /// problem, reported at once.
-    async fn open(amqp: &'a AmqpSettings, max_retry: Duration, cancel: CancellationToken) -> anyhow::Result<Outbox<'a>> {
-        let mut outbox = Outbox { amqp, connection: None, channel: None, window: VecDeque::new(), max_retry, cancel, refusals: 0 };
-        match outbox.try_connect().await {
+    async fn open(amqp: &'a AmqpSettings, max_retry: Duration, cancel: CancellationToken) -> anyhow::Result<Publishing<'a>> {
+        let window = Outbox::new(WINDOW);
+        let mut publishing = Publishing { amqp, connection: None, channel: None, window, max_retry, cancel, refusals: 0 };
+        match publishing.try_connect().await {
             Ok((connection, channel)) => {
-                outbox.connection = Some(connection);
-                outbox.channel = Some(channel);
-                Ok(outbox)
+                publishing.connection = Some(connection);
+                publishing.channel = Some(channel);
+                Ok(publishing)
             }
             Err(Ok(why)) => bail!("cannot connect to the broker: {why}"),
             Err(Err(stop)) => bail!("{stop}"),
@@ -178,6 +178,7 @@ impl<'a> Outbox<'a> {
             let _ = tokio::time::timeout(Duration::from_secs(5), old.close(200, "reconnecting".into())).await;
         }
         let started = Instant::now();
+        let backoff = Backoff::new(&RECONNECT_BACKOFF);
         let mut attempt = 0u32;
         loop {
             match self.try_connect().await {
@@ -192,60 +193,53 @@ impl<'a> Outbox<'a> {
                         return Err(Stop::GaveUp { secs: waited.as_secs(), last });
                     }
                     attempt += 1;
-                    let wait = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(15));
+                    let wait = backoff.delay(attempt);
                     tracing::warn!("cannot reach the broker ({last}); trying again in {:.1}s", wait.as_secs_f64());
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.cancel.cancelled() => return Err(Stop::Interrupted),
-                    }
+                    self.pause(wait).await?;
                 }
                 Err(Err(fatal)) => return Err(fatal),
             }
         }
     }
 
+    /// Waits `wait`, unless the run is interrupted first.
+    async fn pause(&self, wait: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            () = self.cancel.cancelled() => Err(Stop::Interrupted),
+        }
+    }
+
     async fn send(&self, event: &Outgoing) -> Result<PublisherConfirm, lapin::Error> {
-        let Some(channel) = &self.channel else {
-            return Err(lapin::Error::from(std::io::Error::other("not connected")));
-        };
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(event.message_id.as_str().into());
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        channel.basic_publish(self.amqp.exchange.as_str().into(), event.routing_key.as_str().into(), options, &event.body, properties).await
+        send_event(self.channel.as_ref(), &self.amqp.exchange, event).await
     }
 
     /// Reconnects and publishes the whole window again.
     async fn recover(&mut self, tally: &mut Tally) -> Result<(), Stop> {
-        'reconnect: loop {
+        loop {
             tally.reconnects += 1;
             self.connect().await?;
-            for index in 0..self.window.len() {
-                match self.send(&self.window[index].event).await {
-                    Ok(confirm) => {
-                        self.window[index].confirm = Some(confirm);
-                        tally.resent += 1;
-                    }
-                    Err(error) => {
-                        tracing::warn!("lost the broker again while publishing the unconfirmed messages: {error}");
-                        continue 'reconnect;
-                    }
+            let Publishing { window, channel, amqp, .. } = self;
+            let resending = window.send_all_again(async |event| send_event(channel.as_ref(), &amqp.exchange, event).await);
+            match resending.await {
+                Ok(resent) => {
+                    tally.resent += resent as u64;
+                    tracing::info!(resent, "reconnected; unconfirmed messages published again");
+                    return Ok(());
                 }
+                Err(error) => tracing::warn!("lost the broker again while publishing the unconfirmed messages: {error}"),
             }
-            tracing::info!(resent = self.window.len(), "reconnected; unconfirmed messages published again");
-            return Ok(());
         }
     }
 
     /// Publishes one event (after making room in the window).
     async fn publish(&mut self, event: Outgoing, tally: &mut Tally) -> Result<(), Stop> {
-        while self.window.len() >= WINDOW {
+        while self.window.is_full() {
             self.settle_oldest(tally).await?;
         }
-        let confirm = self.send(&event).await;
-        let lost = confirm.is_err();
-        self.window.push_back(InFlight { event, confirm: confirm.ok() });
+        let confirm = self.send(&event).await.ok();
+        let lost = confirm.is_none();
+        self.window.push(event, confirm);
         if lost {
             self.recover(tally).await?;
         }
@@ -254,48 +248,42 @@ impl<'a> Outbox<'a> {
 
     /// Waits for the oldest confirm and counts it.
     async fn settle_oldest(&mut self, tally: &mut Tally) -> Result<(), Stop> {
-        let Some(mut oldest) = self.window.pop_front() else { return Ok(()) };
-        let outcome = match oldest.confirm.take() {
-            Some(confirm) => confirm.await,
-            None => Err(lapin::Error::from(std::io::Error::other("not published since the connection was lost"))),
-        };
-        let refused = match outcome {
-            Ok(Confirmation::Ack(None)) => {
+        let Some((event, answer)) = self.window.settle_oldest().await else { return Ok(()) };
+        let refused = match answer {
+            Confirmed::Taken => {
                 tally.published += 1;
                 self.refusals = 0;
                 return Ok(());
             }
-            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                format!("no queue is bound to exchange {} for routing key {}", self.amqp.exchange, oldest.event.routing_key)
-            }
-            Ok(Confirmation::Nack(None) | Confirmation::NotRequested) => "the broker refused it (negative confirm)".to_owned(),
-            Err(error) => {
+            Confirmed::Unroutable => format!("no queue is bound to exchange {} for routing key {}", self.amqp.exchange, event.routing_key),
+            Confirmed::Refused => "the broker refused it (negative confirm)".to_owned(),
+            Confirmed::Lost(error) => {
                 tracing::warn!("lost the broker while waiting for confirms: {error}");
-                self.window.push_front(oldest);
+                self.window.put_back(event);
                 return self.recover(tally).await;
             }
         };
-        // Refusals happen while a queue is unavailable (a broker that is starting): publish
-        // it again, waiting longer after each refusal in a row; a broker that keeps refusing
-        // stops the run.
+        self.refused(event, refused, tally).await
+    }
+
+    /// Refusals happen while a queue is unavailable (a broker that is starting): publish
+    /// it again, waiting longer after each refusal in a row; a broker that keeps refusing
+    /// stops the run.
+    async fn refused(&mut self, event: Outgoing, refused: String, tally: &mut Tally) -> Result<(), Stop> {
         self.refusals += 1;
         if self.refusals > MAX_REFUSALS {
-            self.window.push_front(oldest);
+            self.window.put_back(event);
             return Err(Stop::Refused(refused));
         }
-        let wait = Duration::from_millis(250u64 << self.refusals.min(6));
-        tracing::warn!("{}: {refused}; publishing it again in {:.1}s", oldest.event.place, wait.as_secs_f64());
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = self.cancel.cancelled() => {
-                self.window.push_front(oldest);
-                return Err(Stop::Interrupted);
-            }
+        let wait = Backoff::new(&REFUSAL_BACKOFF).delay(self.refusals);
+        tracing::warn!("{}: {refused}; publishing it again in {:.1}s", event.place, wait.as_secs_f64());
+        if let Err(stop) = self.pause(wait).await {
+            self.window.put_back(event);
+            return Err(stop);
         }
-        let confirm = self.send(&oldest.event).await;
-        let lost = confirm.is_err();
-        oldest.confirm = confirm.ok();
-        self.window.push_back(oldest);
+        let confirm = self.send(&event).await.ok();
+        let lost = confirm.is_none();
+        self.window.push(event, confirm);
         if lost {
             self.recover(tally).await?;
         }
@@ -312,9 +300,9 @@ impl<'a> Outbox<'a> {
 
     /// Gives up on what is still in flight: reported as not published.
     fn abandon(&mut self, tally: &mut Tally, out: &Report) {
-        for in_flight in self.window.drain(..) {
+        for event in self.window.drain() {
             tally.not_published += 1;
-            out.line(&format!("{}: not published: not confirmed by the broker", in_flight.event.place));
+            out.line(&format!("{}: not published: not confirmed by the broker", event.place));
         }
     }
 
@@ -324,6 +312,18 @@ impl<'a> Outbox<'a> {
             let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())).await;
         }
     }
+}
+
+/// Publishes one event, persistent, on `channel` (none while disconnected).
+async fn send_event(channel: Option<&Channel>, exchange: &str, event: &Outgoing) -> Result<PublisherConfirm, lapin::Error> {
+    let Some(channel) = channel else {
+        return Err(lapin::Error::from(std::io::Error::other("not connected")));
+    };
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.message_id.as_str().into());
+    publish_mandatory(channel, exchange, &event.routing_key, &event.body, properties).await
 }
 
 /// Writes report lines to standard output without tearing the progress bar.
@@ -401,7 +401,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
 
     let cancel = CancellationToken::new();
     common::cancel_on_signal(cancel.clone())?;
-    let mut outbox = Outbox::open(&amqp, Duration::from_secs(args.max_retry_secs), cancel.clone()).await?;
+    let mut publishing = Publishing::open(&amqp, Duration::from_secs(args.max_retry_secs), cancel.clone()).await?;
     let mut pace = Pace::new(args.rate);
     let mut stopped: Option<(Stop, String)> = None;
     let mut position = 0;
@@ -431,7 +431,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
                     break 'files;
                 }
             }
-            if let Err(stop) = outbox.publish(event, &mut tally).await {
+            if let Err(stop) = publishing.publish(event, &mut tally).await {
                 stopped = Some((stop, place));
                 break 'files;
             }
@@ -441,13 +441,13 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     }
     // Interrupted between lines: what is in flight is still worth waiting for.
     if matches!(stopped, None | Some((Stop::Interrupted, _)))
-        && let Err(stop) = outbox.flush(&mut tally).await
+        && let Err(stop) = publishing.flush(&mut tally).await
     {
         let place = stopped.take().map_or_else(|| "the end".to_owned(), |(_, place)| place);
         stopped = Some((stop, place));
     }
-    outbox.abandon(&mut tally, &report);
-    outbox.close().await;
+    publishing.abandon(&mut tally, &report);
+    publishing.close().await;
     progress.finish_and_clear();
 
     if let Some((stop, place)) = &stopped {

@@ -8,17 +8,15 @@
 //! between (a crash, SIGKILL, a lost connection) leaves the dead letter in its queue: at
 //! worst a message is both replayed and still there, never neither.
 
-use std::collections::VecDeque;
-
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
-use lapin::{Confirmation, PublisherConfirm};
 
 use super::DlqError;
 use super::letter::DeadLetter;
 use super::reader::{Reader, Taken, is_not_found};
+use crate::broker::outbox::{Confirmed, Outbox, publish_mandatory};
 use crate::broker::publisher::copy_properties;
 use crate::contract::header;
 use crate::contract::rfc3339;
@@ -87,17 +85,12 @@ pub struct Outcome {
     pub result: Result<(), String>,
 }
 
-struct InFlight {
-    taken: Taken,
-    message_id: Option<String>,
-    confirm: PublisherConfirm,
-}
-
 /// Publishes copies with confirms and removes each dead letter once its copy is confirmed.
 pub struct Replayer {
     channel: Channel,
     exchange: String,
-    window: VecDeque<InFlight>,
+    /// Each copy in flight: the dead letter it copies and its `message_id`.
+    window: Outbox<(Taken, Option<String>)>,
 }
 
 impl Replayer {
@@ -115,7 +108,7 @@ impl Replayer {
         }
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Replayer { channel, exchange: exchange.to_owned(), window: VecDeque::new() })
+        Ok(Replayer { channel, exchange: exchange.to_owned(), window: Outbox::new(WINDOW) })
     }
 
     /// Copies in flight.
@@ -134,15 +127,11 @@ impl Replayer {
         message_id: Option<String>,
     ) -> Result<Vec<Outcome>, DlqError> {
         let mut settled = Vec::new();
-        if self.window.len() >= WINDOW {
+        if self.window.is_full() {
             settled.extend(self.settle_oldest(reader).await);
         }
-        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = self
-            .channel
-            .basic_publish(self.exchange.as_str().into(), copy.routing_key.as_str().into(), options, &taken.delivery.data, copy.properties)
-            .await?;
-        self.window.push_back(InFlight { taken, message_id, confirm });
+        let confirm = publish_mandatory(&self.channel, &self.exchange, &copy.routing_key, &taken.delivery.data, copy.properties).await?;
+        self.window.push((taken, message_id), Some(confirm));
         Ok(settled)
     }
 
@@ -156,19 +145,18 @@ impl Replayer {
     }
 
     async fn settle_oldest(&mut self, reader: &mut Reader<'_>) -> Option<Outcome> {
-        let InFlight { taken, message_id, confirm } = self.window.pop_front()?;
-        let result = match confirm.await {
-            Ok(Confirmation::Ack(None)) => match reader.remove(&taken).await {
+        let ((taken, message_id), answer) = self.window.settle_oldest().await?;
+        let result = match answer {
+            Confirmed::Taken => match reader.remove(&taken).await {
                 Ok(()) => Ok(()),
                 Err(error) => Err(format!("replayed, but the dead letter could not be removed and stays in the queue ({error})")),
             },
-            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => Err(format!(
+            Confirmed::Unroutable => Err(format!(
                 "no queue is bound to exchange {} for routing key {}: the copy was not taken; the dead letter stays",
                 self.exchange, taken.delivery.routing_key
             )),
-            Ok(Confirmation::Nack(None)) => Err("the broker refused the copy (negative confirm); the dead letter stays".to_owned()),
-            Ok(Confirmation::NotRequested) => Err("the copy was not confirmed; the dead letter stays".to_owned()),
-            Err(error) => Err(format!("the copy was not confirmed ({error}); the dead letter stays")),
+            Confirmed::Refused => Err("the broker refused the copy (negative confirm); the dead letter stays".to_owned()),
+            Confirmed::Lost(error) => Err(format!("the copy was not confirmed ({error}); the dead letter stays")),
         };
         Some(Outcome { message_id, result })
     }
