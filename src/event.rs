@@ -28,26 +28,16 @@ pub struct Problem {
 }
 
 /// Why an event is invalid: every problem found (its message names the first
-/// [`PROBLEMS_SHOWN`] and counts the rest).
+/// [`PROBLEMS_SHOWN`](crate::spec::field::PROBLEMS_SHOWN) and counts the rest).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", shown(.0))]
+#[error("{}", crate::spec::field::first_problems(.0))]
 pub struct InvalidEvent(pub Vec<Problem>);
 
-/// How many problems an invalid event's message names; an event with a million unknown
-/// fields must not make a message (a log line, `x-els-error`) of a hundred megabytes.
-pub const PROBLEMS_SHOWN: usize = 20;
-
-fn shown(problems: &[Problem]) -> String {
-    let mut text = problems
-        .iter()
-        .take(PROBLEMS_SHOWN)
-        .map(|p| if p.field.is_empty() { p.reason.clone() } else { format!("{}: {}", p.field, p.reason) })
-        .collect::<Vec<_>>()
-        .join("; ");
-    if problems.len() > PROBLEMS_SHOWN {
-        text.push_str(&format!("; and {} more problems", problems.len() - PROBLEMS_SHOWN));
+impl std::fmt::Display for Problem {
+    /// `field: reason`, or the reason alone for the whole message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() { f.write_str(&self.reason) } else { write!(f, "{}: {}", self.field, self.reason) }
     }
-    text
 }
 
 impl InvalidEvent {

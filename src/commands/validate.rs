@@ -10,6 +10,7 @@ use super::{EXIT_FAILED, EXIT_OK};
 use crate::config::Config;
 use crate::event::{self, Institutions, InvalidEvent};
 use crate::input::{Format, Lines};
+use crate::spec::field::PROBLEMS_SHOWN;
 use crate::spec::{Infno, Record};
 
 /// Options of `els-bridge validate`.
@@ -76,12 +77,12 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<u8> {
                 continue;
             }
             invalid += 1;
-            for problem in problems.iter().take(event::PROBLEMS_SHOWN) {
+            for problem in problems.iter().take(PROBLEMS_SHOWN) {
                 let field = if problem.field.is_empty() { String::new() } else { format!(" {}:", problem.field) };
                 writeln!(out, "{}:{}:{field} {}", path.display(), line.number, problem.reason)?;
             }
-            if problems.len() > event::PROBLEMS_SHOWN {
-                writeln!(out, "{}:{}: and {} more problems", path.display(), line.number, problems.len() - event::PROBLEMS_SHOWN)?;
+            if problems.len() > PROBLEMS_SHOWN {
+                writeln!(out, "{}:{}: and {} more problems", path.display(), line.number, problems.len() - PROBLEMS_SHOWN)?;
             }
         }
     }

@@ -98,6 +98,27 @@ pub fn excerpt(text: &str) -> String {
     excerpt_of(text, EXCERPT_CHARS)
 }
 
+/// [`excerpt_of`], saying how many characters were cut: for long texts shown whole when
+/// they can be (error messages in headers and log lines).
+pub fn excerpt_counted(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    let shown = excerpt_of(text, max);
+    if count > max { format!("{shown} ({} more characters)", count - max) } else { shown }
+}
+
+/// How many problems a message names: a record with a million unknown fields must not
+/// make a message (a log line, a header, a reject file's reason) of a hundred megabytes.
+pub const PROBLEMS_SHOWN: usize = 20;
+
+/// The first [`PROBLEMS_SHOWN`] problems joined with `; `, and how many more there were.
+pub fn first_problems<T: std::fmt::Display>(problems: &[T]) -> String {
+    let mut text = problems.iter().take(PROBLEMS_SHOWN).map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if problems.len() > PROBLEMS_SHOWN {
+        text.push_str(&format!("; and {} more problems", problems.len() - PROBLEMS_SHOWN));
+    }
+    text
+}
+
 /// [`excerpt`] at most `max` characters long (before escaping).
 pub fn excerpt_of(text: &str, max: usize) -> String {
     let mut shown = String::new();

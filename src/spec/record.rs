@@ -243,22 +243,10 @@ pub enum Record {
 }
 
 /// Every rule a row broke, in field order (its message names the first
-/// [`ERRORS_SHOWN`] and counts the rest).
+/// [`PROBLEMS_SHOWN`](crate::spec::field::PROBLEMS_SHOWN) and counts the rest).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", shown(.0))]
+#[error("{}", crate::spec::field::first_problems(.0))]
 pub struct RecordErrors(pub Vec<FieldError>);
-
-/// How many broken rules a row's message names: a row of 600 unknown columns must not make
-/// a reason (a reject file's, a log line's) ten times the size of the row.
-pub const ERRORS_SHOWN: usize = 20;
-
-fn shown(errors: &[FieldError]) -> String {
-    let mut text = errors.iter().take(ERRORS_SHOWN).map(ToString::to_string).collect::<Vec<_>>().join("; ");
-    if errors.len() > ERRORS_SHOWN {
-        text.push_str(&format!("; and {} more problems", errors.len() - ERRORS_SHOWN));
-    }
-    text
-}
 
 impl RecordErrors {
     /// The returnCode the platform answers for such a row: that of the first broken rule.

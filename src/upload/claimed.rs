@@ -36,7 +36,9 @@ pub async fn upload<T: Provenance>(
 ) -> Claimed<T> {
     let code = &institution.fixmedins_code;
     let keys = rows.iter().map(|r| (r.record.key().to_owned(), r.source.version())).collect();
-    let copies: Vec<Option<Fingerprint>> = rows.iter().map(|r| r.source.fingerprint().filter(|_| r.source.may_be_a_copy())).collect();
+    // Hashed here only for what may be a copy (most rows are not); the receipt hashes the rest.
+    let copies: Vec<Option<Fingerprint>> =
+        rows.iter().map(|r| if r.source.may_be_a_copy() { r.source.fingerprint() } else { None }).collect();
     let (claim, turns) = match ledger.claim(code, infno, keys, &copies).await {
         Ok(claimed) => claimed,
         Err(error) => return Claimed { superseded: Vec::new(), settled: vec![Settled::Unsettled { rows, outcome: unavailable(error) }] },

@@ -61,6 +61,8 @@ impl Pipeline {
         let mut calls = 0;
         let trace = crate::telemetry::trace::BatchTrace::of(rows.iter().flat_map(|r| r.source.deliveries.iter()));
         let claimed = trace.scope(claimed::upload(&self.ledger, &self.uploader, institution, infno, rows, &mut calls)).await;
+        // More than one call is a split or a bisection: worth seeing when following a batch.
+        tracing::debug!(institution = %code, %infno, calls, superseded = claimed.superseded.len(), "batch uploaded");
         let mut settlement = self.settler.superseded(code, &claimed.superseded);
         settlement.add(self.settler.settle(code, claimed.settled).await);
         settlement

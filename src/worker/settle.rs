@@ -118,7 +118,7 @@ impl Settler {
                     self.holds.release(institution);
                     tracing::debug!(%institution, %msgid, rows = rows.len(), "accepted");
                     if let Some(first) = rows.first() {
-                        let merged: usize = rows.iter().map(|row| row.source.deliveries.len() - 1).sum();
+                        let merged: usize = rows.iter().map(|row| row.source.deliveries.len().saturating_sub(1)).sum();
                         crate::telemetry::metrics::accepted(institution, first.record.infno(), rows.len(), merged);
                     }
                     settlement.add(Settlement::acking(rows.iter().flat_map(|row| row.source.deliveries.iter())));
@@ -329,11 +329,7 @@ const ERROR_CHARS: usize = 1000;
 
 /// Error texts in headers and log lines are kept to a readable size, saying how much was cut.
 fn excerpt_long(text: &str) -> String {
-    let count = text.chars().count();
-    if count <= ERROR_CHARS {
-        return text.to_owned();
-    }
-    format!("{}… ({} more characters)", text.chars().take(ERROR_CHARS).collect::<String>(), count - ERROR_CHARS)
+    crate::spec::field::excerpt_counted(text, ERROR_CHARS)
 }
 
 #[cfg(test)]

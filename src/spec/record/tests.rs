@@ -242,5 +242,5 @@ fn a_rows_message_names_twenty_problems_and_counts_the_rest() {
     let errors = Record::parse(Infno::Els7002, &row).unwrap_err();
     let message = errors.to_string();
     assert!(errors.0.len() > 600 && message.len() < 3_000, "{} bytes", message.len());
-    assert!(message.ends_with(&format!("; and {} more problems", errors.0.len() - ERRORS_SHOWN)), "{message}");
+    assert!(message.ends_with(&format!("; and {} more problems", errors.0.len() - crate::spec::field::PROBLEMS_SHOWN)), "{message}");
 }
