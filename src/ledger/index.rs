@@ -105,7 +105,9 @@ impl Index {
         self.uploaded.is_empty()
     }
 
-    /// Whether `version` is lower than the newest uploaded version of the key.
+    /// Whether `version` is lower than the newest uploaded version of the key (the tests'
+    /// question; the worker asks [`Index::turns`]).
+    #[cfg(test)]
     pub fn is_stale(&self, institution: &str, infno: Infno, key: &str, version: Option<u64>) -> bool {
         self.stale(key_id(institution, infno, key), version)
     }
