@@ -81,6 +81,11 @@ pub struct AmqpSettings {
     /// `url`'s host. From the environment, one comma-separated list.
     #[serde(default)]
     pub addresses: Vec<Address>,
+    /// Whether each process tries `addresses` in an order of its own (the default: a fleet
+    /// spreads over the nodes), or every connection tries them as listed (a preferred
+    /// node first, e.g. the one in the same data centre).
+    #[serde(default = "default_shuffle_addresses")]
+    pub shuffle_addresses: bool,
     /// Unacknowledged deliveries a worker may hold; unset, sized from the configuration
     /// ([`Config::worker_prefetch`]).
     #[serde(default)]
@@ -117,6 +122,7 @@ impl Default for AmqpSettings {
         AmqpSettings {
             url: default_amqp_url(),
             addresses: Vec::new(),
+            shuffle_addresses: default_shuffle_addresses(),
             prefetch: None,
             ca_file: None,
             exchange: default_events(),
@@ -143,6 +149,10 @@ impl AmqpSettings {
         }
         Ok(())
     }
+}
+
+fn default_shuffle_addresses() -> bool {
+    true
 }
 
 fn default_claim_ttl_secs() -> u64 {

@@ -14,6 +14,9 @@
 //! just lost is tried last, and a process whose node went away moves to the next node of
 //! its own order: the fleet of a lost node spreads over the others. Callers wait their
 //! backoff between calls; one call tries every address once.
+//!
+//! With `amqp.shuffle_addresses = false` every connection tries the addresses as listed
+//! instead: the first that answers is used, the listed first whenever it is up.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -66,8 +69,9 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     }
     let targets: Vec<(Address, AMQPUri)> = settings.addresses.iter().map(|address| target(&uri, address)).collect();
     let start = NEXT.load(Ordering::Relaxed);
+    let order = if settings.shuffle_addresses { order(targets.len(), process_seed(), start) } else { (0..targets.len()).collect() };
     let mut failures = Vec::new();
-    for (offset, index) in order(targets.len(), process_seed(), start).into_iter().enumerate() {
+    for (offset, index) in order.into_iter().enumerate() {
         let (address, uri) = &targets[index];
         match open(uri.clone(), settings, name, tls.clone()).await {
             Ok(connection) => {
