@@ -69,9 +69,9 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     }
     let targets: Vec<(Address, AMQPUri)> = settings.addresses.iter().map(|address| target(&uri, address)).collect();
     let start = NEXT.load(Ordering::Relaxed);
-    let order = if settings.shuffle_addresses { order(targets.len(), process_seed(), start) } else { (0..targets.len()).collect() };
+    let turns = if settings.shuffle_addresses { order(targets.len(), process_seed(), start) } else { (0..targets.len()).collect() };
     let mut failures = Vec::new();
-    for (offset, index) in order.into_iter().enumerate() {
+    for (offset, index) in turns.into_iter().enumerate() {
         let (address, uri) = &targets[index];
         match open(uri.clone(), settings, name, tls.clone()).await {
             Ok(connection) => {
