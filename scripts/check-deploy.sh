@@ -14,7 +14,8 @@
 #    charts/els-bridge/ci/*-values.yaml): values against values.schema.json, render, every
 #    manifest through kubernetes-validate --strict -k 1.30.0 (custom resources such as
 #    ScaledObject and ServiceMonitor get a smaller structural check here instead); the
-#    schema must refuse a misspelt top-level key; rendered manifests are left in
+#    schema must refuse a misspelt top-level key and a broker address that is not
+#    host[:port]; rendered manifests are left in
 #    target/check-deploy/ for reading;
 # 5. deploy/compose/sample-day.jsonl is what scripts/sample_day.py generates;
 # 6. with an els-bridge binary ($ELS_BRIDGE_BIN, else target/debug/els-bridge, else
@@ -135,6 +136,15 @@ for typo in ({"replicas": 3}, {"config": {"platform": {"timeout": 5}}}, {"creden
     except helm.HelmValuesError:
         pass
 ok("values.schema.json refuses misspelt keys")
+
+# and a broker address that is not host[:port] (a URL, with its password, in the list)
+for wrong in (["amqp://els:PASSWORD@rabbit-1:5672/els"], ["rabbit-1:5672/els"], []):
+    try:
+        chart.validate_schema({"config": {"amqp": {"addresses": wrong}}})
+        bad(f"values.schema.json accepted config.amqp.addresses = {json.dumps(wrong)}")
+    except helm.HelmValuesError:
+        pass
+ok("values.schema.json refuses broker addresses that are not host[:port]")
 
 # render and validate each value set
 def check_custom(doc, where):

@@ -10,14 +10,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::broker::address::Address;
 use crate::spec::Infno;
 
 /// Prefix of the environment variables that override configuration keys.
 const ENV_PREFIX: &str = "ELS_BRIDGE__";
 const ENV_INSTITUTIONS: &str = "ELS_BRIDGE__INSTITUTIONS__";
+/// The list-valued keys: their environment variable is a comma-separated list.
+const ENV_LISTS: [(&str, &str); 1] = [("ELS_BRIDGE__AMQP__ADDRESSES", "amqp.addresses")];
 
 /// Why the configuration cannot be used; the message says which key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,17 @@ pub struct AmqpSettings {
     /// `amqp://` or `amqps://` URL; may hold the password, so it is kept secret.
     #[serde(default = "default_amqp_url")]
     pub url: SecretString,
+    /// The broker's nodes as `host[:port]`, for a cluster without a balancer in front: each
+    /// replaces `url`'s host and port (an address without a port takes `url`'s), and a
+    /// connection goes to the first that answers (see [`crate::broker::connect`]). Empty:
+    /// `url`'s host. From the environment, one comma-separated list.
+    #[serde(default)]
+    pub addresses: Vec<Address>,
+    /// Whether each process tries `addresses` in an order of its own (the default: a fleet
+    /// spreads over the nodes), or every connection tries them as listed (a preferred
+    /// node first, e.g. the one in the same data centre).
+    #[serde(default = "default_shuffle_addresses")]
+    pub shuffle_addresses: bool,
     /// Unacknowledged deliveries a worker may hold; unset, sized from the configuration
     /// ([`Config::worker_prefetch`]).
     #[serde(default)]
@@ -107,6 +121,8 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         AmqpSettings {
             url: default_amqp_url(),
+            addresses: Vec::new(),
+            shuffle_addresses: default_shuffle_addresses(),
             prefetch: None,
             ca_file: None,
             exchange: default_events(),
@@ -117,6 +133,26 @@ impl Default for AmqpSettings {
             heartbeat_secs: default_heartbeat_secs(),
         }
     }
+}
+
+impl AmqpSettings {
+    /// Refuses a URL that does not parse and an address given twice (each address was
+    /// checked as it was read).
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Err(error) = crate::broker::connect::parse_url(self.url.expose_secret()) {
+            return Err(ConfigError::Invalid(error.to_string()));
+        }
+        for (index, address) in self.addresses.iter().enumerate() {
+            if self.addresses[..index].contains(address) {
+                return Err(ConfigError::Invalid(format!("amqp.addresses names {address} twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_shuffle_addresses() -> bool {
+    true
 }
 
 fn default_claim_ttl_secs() -> u64 {
@@ -466,6 +502,19 @@ impl Institution {
     }
 }
 
+/// The configuration key of a list-valued environment variable (see [`ENV_LISTS`]).
+fn list_key(name: &str) -> Option<&'static str> {
+    ENV_LISTS.iter().find(|(variable, _)| variable.eq_ignore_ascii_case(name)).map(|(_, key)| *key)
+}
+
+/// The entries of a comma-separated list; a blank value is the empty list (as if unset).
+fn split_list(value: &str) -> Vec<String> {
+    if value.trim().is_empty() {
+        return Vec::new();
+    }
+    value.split(',').map(str::to_owned).collect()
+}
+
 /// Refuses TOML that does not parse, saying where and what, but never quoting the line:
 /// the parser's own message shows it, and it may be a secret (`auth_code = "AUTH…` with its
 /// closing quote missing).
@@ -498,6 +547,7 @@ impl Config {
         let file = config::File::from_str(text, config::FileFormat::Toml);
         let (institution_env, section_env): (Vec<_>, Vec<_>) =
             env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).partition(|(k, _)| k.starts_with(ENV_INSTITUTIONS));
+        let (list_env, section_env): (Vec<_>, Vec<_>) = section_env.into_iter().partition(|(k, _)| list_key(k).is_some());
         let section_env: HashMap<String, String> = section_env.into_iter().collect();
         let sections = config::Environment::with_prefix("ELS_BRIDGE").prefix_separator("__").separator("__").source(Some(section_env));
 
@@ -512,6 +562,9 @@ impl Config {
             .collect();
 
         let mut builder = config::Config::builder().add_source(file).add_source(sections);
+        for (name, value) in list_env {
+            builder = builder.set_override(list_key(&name).unwrap_or_default(), split_list(&value)).map_err(invalid)?;
+        }
         for (name, value) in institution_env {
             let rest = &name[ENV_INSTITUTIONS.len()..];
             let Some((which, key)) = rest.split_once("__") else {
@@ -567,6 +620,9 @@ impl Config {
                 return fail(format!("institution {code} is configured twice"));
             }
             seen.push(code);
+        }
+        if let Some(amqp) = &self.amqp {
+            amqp.check()?;
         }
         let max_event = self.worker.max_event_bytes;
         if !(1024..=16 << 20).contains(&max_event) {
@@ -654,7 +710,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     const TOML: &str = r#"
         [platform]
@@ -756,6 +811,56 @@ mod tests {
         assert_eq!(c.amqp.unwrap().url.expose_secret(), "amqp://u:p@h:5672/%2f");
         assert_eq!(c.institutions[0].auth_code().expose_secret(), "000123");
         assert_eq!(c.institutions[0].mdtrtarea_admvs, "320000");
+    }
+
+    fn addresses(c: &Config) -> Vec<String> {
+        c.amqp.as_ref().map(|a| a.addresses.iter().map(ToString::to_string).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn addresses_come_from_the_file_or_a_comma_separated_variable() {
+        let file = format!("[amqp]\nurl = \"amqps://els:pw@rabbit/els\"\naddresses = [\"rabbit-1:5671\", \"rabbit-2\"]\n{TOML}");
+        let c = Config::from_toml(&file, env(&[])).unwrap();
+        assert_eq!(addresses(&c), ["rabbit-1:5671", "rabbit-2"]);
+        let c = Config::from_toml(&file, env(&[("ELS_BRIDGE__AMQP__ADDRESSES", "10.0.0.1:5672, 10.0.0.2,[fd00::3]:5672")])).unwrap();
+        assert_eq!(addresses(&c), ["10.0.0.1:5672", "10.0.0.2", "[fd00::3]:5672"]);
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__ADDRESSES", "rabbit-1")])).unwrap();
+        assert_eq!(addresses(&c), ["rabbit-1"], "an [amqp] section of the environment alone");
+        let c = Config::from_toml(&file, env(&[("ELS_BRIDGE__AMQP__ADDRESSES", " ")])).unwrap();
+        assert!(addresses(&c).is_empty(), "a blank variable: the url's host");
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__URL", "amqp://u:p@h/%2f")])).unwrap();
+        assert!(addresses(&c).is_empty());
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_at_load_without_quoting_a_secret() {
+        let cases = [
+            ("rabbit-1,,rabbit-2", "an empty entry"),
+            ("rabbit-1:99999", "\"rabbit-1:99999\": the port must be a number from 1 to 65535"),
+            ("rabbit 1", "\"rabbit 1\": expected host[:port]"),
+            ("fd00::1", "IPv6 address in brackets"),
+            ("rabbit-1:5672,rabbit-1:5672", "amqp.addresses names rabbit-1:5672 twice"),
+            ("amqp://els:hunter2@rabbit-1", "looks like a URL or holds credentials (not shown)"),
+        ];
+        for (value, expected) in cases {
+            let error = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__ADDRESSES", value)])).expect_err(value).to_string();
+            assert!(error.contains(expected), "{value}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let file = format!("[amqp]\naddresses = [\"rabbit-1\", \"\"]\n{TOML}");
+        let error = Config::from_toml(&file, env(&[])).expect_err("empty entry in the file").to_string();
+        assert!(error.contains("amqp.addresses has an empty entry"), "{error}");
+    }
+
+    #[test]
+    fn the_url_is_checked_at_load_and_never_quoted() {
+        let error =
+            Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__URL", "rabbit:hunter2@nowhere")])).expect_err("no scheme").to_string();
+        assert!(error.contains("amqp.url is not a valid AMQP URL") && !error.contains("hunter2"), "{error}");
+        let hostless = env(&[("ELS_BRIDGE__AMQP__URL", "amqp://els:pw@/els"), ("ELS_BRIDGE__AMQP__ADDRESSES", "rabbit-1,rabbit-2")]);
+        assert_eq!(addresses(&Config::from_toml(TOML, hostless).unwrap()), ["rabbit-1", "rabbit-2"], "a url without a host");
+        let error = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__URL", "amqp://els:pw@rabbit:x/els")])).expect_err("a bad port");
+        assert!(!error.to_string().contains("pw@"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! RabbitMQ: connecting (with rustls and an optional private CA), the topology the worker
-//! declares, confirmed publishing, and the fleet-wide token store and msgid slots.
+//! RabbitMQ: connecting (to one of several node addresses, with rustls and an optional
+//! private CA), the topology the worker declares, confirmed publishing, and the fleet-wide
+//! token store and msgid slots.
 
+pub mod address;
+pub mod connect;
 pub mod log;
 pub mod msgid_slot;
 pub mod outbox;
@@ -9,13 +12,7 @@ pub mod publisher;
 pub mod token_store;
 pub mod topology;
 
-use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
-
-use crate::config::AmqpSettings;
-
+pub use connect::connect;
 pub use msgid_slot::claim_msgid_slot;
 pub use publisher::Publisher;
 pub use token_store::AmqpTokenStore;
@@ -52,6 +49,9 @@ pub enum BrokerError {
     /// alarm, a link that stopped carrying anything).
     #[error("the broker did not confirm a publish within {secs} s (a memory or disk alarm, or a broken link)")]
     ConfirmTimeout { secs: u64 },
+    /// No address of `amqp.addresses` answered; each is named with its reason.
+    #[error("none of the broker addresses of amqp.addresses answered: {0}")]
+    NoAddressAnswered(connect::AddressFailures),
     /// Opening the connection took longer than `amqp.connect_timeout_secs`.
     #[error(
         "the broker did not complete the connection within {secs} s (amqp.connect_timeout_secs): is the address an \
@@ -68,29 +68,6 @@ pub enum BrokerError {
     /// The broker did not confirm a publish.
     #[error("the broker refused to take a message (negative confirm)")]
     Nacked,
-}
-
-/// Opens a connection to the broker of `settings` within `amqp.connect_timeout_secs`; the
-/// connection name shows in the management UI.
-pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, BrokerError> {
-    let mut tls = OwnedTLSConfig::default();
-    if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read_to_string(path).map_err(|source| BrokerError::CaFile { path: path.display().to_string(), source })?;
-        tls.cert_chain = Some(pem);
-    }
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let runtime = lapin::runtime::default_runtime()?;
-    // The parser's own error may quote the URL, password and all: say only what is wrong.
-    let mut uri: AMQPUri = settings.url.expose_secret().parse().map_err(|_| BrokerError::BadUrl)?;
-    if uri.query.heartbeat.is_none() {
-        uri.query.heartbeat = Some(settings.heartbeat_secs);
-    }
-    let secs = settings.connect_timeout_secs.max(1);
-    let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
-    match tokio::time::timeout(std::time::Duration::from_secs(secs), connecting).await {
-        Ok(connected) => Ok(connected?),
-        Err(_) => Err(BrokerError::ConnectTimeout { secs }),
-    }
 }
 
 impl From<log::LogError> for BrokerError {

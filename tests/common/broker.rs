@@ -62,6 +62,11 @@ pub fn amqp_url() -> String {
     }
 }
 
+/// `host:port` of [`amqp_url`]: the test node's AMQP listener.
+pub fn amqp_address() -> String {
+    url_host_port(&amqp_url())
+}
+
 /// Runs `rabbitmqctl -q ARGS...` and returns its standard output; panics (naming the command
 /// and its error output) when it cannot be run or fails.
 pub fn rabbitmqctl(args: &[&str]) -> String {

@@ -45,6 +45,11 @@ impl Relay {
         Relay { address, frozen_below, accepted, rate, task }
     }
 
+    /// The relay's `host:port`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
     /// `url` (an AMQP URL) pointed at the relay instead of the broker.
     pub fn url(&self, url: &str) -> String {
         let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
