@@ -50,9 +50,9 @@
 #   AMQP 568N, streams 558N, management 1568N, prometheus 1578N, distribution 2568N
 # (5681, 5581, 15681, 15781, 25681 for node 1), beside the single nodes. Measured here (2
 # cores, the single 3.10 and 4.3 nodes running, load average about 6 from other test runs):
-# `start --cluster` 22 s from nothing to three clustered nodes answering AMQP (11 s of it
-# booting the three in parallel), 3 s when they already run; `stop --cluster` 12 s;
-# node-kill 2 s; node-start of a killed node 5 s until it is clustered again; 140-165 MB
+# `start --cluster` 22-38 s from nothing to three clustered nodes answering AMQP (10-19 s
+# of it booting the three in parallel), 3 s when they already run; `stop --cluster` 12-14 s;
+# node-kill 2 s; node-start of a killed node 5-8 s until it is clustered again; 130-165 MB
 # resident per node (about 450 MB for the cluster).
 #
 # Idempotent: `start` on a running node only checks it. Needs root (apt-get, chroot, mount;
@@ -470,8 +470,19 @@ cdata() { echo "$CLUSTER_HOME/elsc$1"; }
 in_cluster_chroot() {
     local n=$1
     shift
+    ensure_cluster_cookie
     env -i HOME=$CLUSTER_HOME PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 LC_ALL=C.UTF-8 \
         RABBITMQ_CONF_ENV_FILE="$(cenv_file "$n")" chroot "$CHROOT" "$@"
+}
+# One cookie for the three nodes and their CLI, written before any of them runs Erlang
+# (Erlang would create one itself, and several nodes or CLI calls at once might race).
+ensure_cluster_cookie() {
+    local cookie=$CHROOT$CLUSTER_HOME/.erlang.cookie
+    [[ -s $cookie ]] && return 0
+    mkdir -p "$CHROOT$CLUSTER_HOME"
+    # (od, not `tr </dev/urandom | head`: a SIGPIPE would fail the pipeline.)
+    (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' | tr 0-9a-f A-P >"$cookie")
+    chmod 400 "$cookie"
 }
 cctl() {
     local n=$1
@@ -551,14 +562,6 @@ deprecated_features.permit.global_qos = false
 deprecated_features.permit.queue_master_locator = false
 EOT
     done
-    # One cookie for the three nodes and their CLI, written before any node starts (three
-    # nodes creating it at once would race).
-    local cookie=$CHROOT$CLUSTER_HOME/.erlang.cookie
-    if [[ ! -s $cookie ]]; then
-        # (od, not `tr </dev/urandom | head`: a SIGPIPE would fail the pipeline.)
-        (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' | tr 0-9a-f A-P >"$cookie")
-    fi
-    chmod 400 "$cookie"
     mkdir -p "$CLUSTER_BIN"
     local tool
     for tool in rabbitmqctl rabbitmq-diagnostics rabbitmq-plugins rabbitmq-queues rabbitmq-streams; do
