@@ -17,14 +17,19 @@
 #    ELS_BRIDGE_TEST_AMQP_URL and the rabbitmqctl first on PATH (scripts/rabbitmq.sh
 #    bin-dir). One test runs on 3.10 only: the in-place upgrade beside the old refresh-lock
 #    queues, which a broker that denies transient queues cannot hold;
+# 4b. the cluster tests (tests/cluster.rs, ignored in the suites above as they kill nodes)
+#    on a three-node cluster of RabbitMQ 4.3 (scripts/rabbitmq.sh start --version 4.3
+#    --cluster, beside the two single nodes): cargo test --test cluster -- --ignored with
+#    ELS_BRIDGE_TEST_CLUSTER_URLS, ELS_BRIDGE_TEST_AMQP_URL (node 1) and the cluster's
+#    rabbitmqctl first on PATH;
 # 5. cargo test --doc, and the Beijing-time unit tests once more under two host time zones
 #    (UTC and America/New_York): platform times must not depend on the host's zone;
 # 6. scripts/fuzz.sh 20: every fuzz target for 20 s (cargo-fuzz, installed when missing;
 #    needs the nightly toolchain, and says so when there is none).
 #
 # Exits non-zero on the first failure. Integration tests never skip: without a broker
-# they fail. The 4.3 node is stopped at the end (its data is thrown away at every start);
-# the 3.10 node is left running, as the demo and benchmarks use it.
+# they fail. The 4.3 node and the cluster are stopped at the end (their data is thrown away
+# at every start); the 3.10 node is left running, as the demo and benchmarks use it.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -77,7 +82,9 @@ for version in 3.10 4.3; do
     bash scripts/rabbitmq.sh start --version "$version" || fail "scripts/rabbitmq.sh start --version $version"
     broker_secs[$version]=$((SECONDS - t))
 done
-trap 'bash scripts/rabbitmq.sh stop --version 4.3 >/dev/null 2>&1 || true' EXIT
+# The cluster first: the 4.3 chroot's mounts go with the last node that runs in it.
+trap 'bash scripts/rabbitmq.sh stop --cluster >/dev/null 2>&1 || true
+      bash scripts/rabbitmq.sh stop --version 4.3 >/dev/null 2>&1 || true' EXIT
 
 # Runs "$@" against the node of version $1 (its URL and its rabbitmqctl first on PATH).
 on_broker() {
@@ -125,6 +132,23 @@ for version in 4.3 3.10; do
     printf '\n==> the suite passed on RabbitMQ %s in %d s\n' "${part_version[$version]}" "${part_secs[$version]}" >&2
 done
 
+# The cluster tests kill and restart nodes: a cluster of their own, started only now so
+# that it does not take memory and cores from the suites.
+step "RabbitMQ 4.3 cluster of three nodes (scripts/rabbitmq.sh start --version 4.3 --cluster)"
+t=$SECONDS
+bash scripts/rabbitmq.sh start --version 4.3 --cluster || fail "scripts/rabbitmq.sh start --version 4.3 --cluster"
+cluster_ready_secs=$((SECONDS - t))
+cluster_urls=$(bash scripts/rabbitmq.sh url --cluster)
+cluster_bin=$(bash scripts/rabbitmq.sh bin-dir --cluster)
+cluster_version=$("$cluster_bin/rabbitmqctl" -q version 2>/dev/null | tr -d '[:space:]')
+step "cargo test --test cluster -- --ignored on the RabbitMQ $cluster_version cluster"
+t=$SECONDS
+PATH="$cluster_bin:$PATH" ELS_BRIDGE_TEST_CLUSTER_URLS="$cluster_urls" ELS_BRIDGE_TEST_AMQP_URL="${cluster_urls%%$'\n'*}" \
+    cargo test --test cluster -- --ignored \
+    || fail "cargo test --test cluster -- --ignored on the RabbitMQ $cluster_version cluster"
+cluster_secs=$((SECONDS - t))
+printf '\n==> the cluster tests passed on RabbitMQ %s in %d s\n' "$cluster_version" "$cluster_secs" >&2
+
 step "cargo test --doc"
 cargo test --doc
 
@@ -160,4 +184,6 @@ for version in 4.3 3.10; do
     printf 'test.sh: RabbitMQ %s: ready after %d s, the suite took %d s\n' \
         "${part_version[$version]}" "${broker_secs[$version]}" "${part_secs[$version]}" >&2
 done
+printf 'test.sh: RabbitMQ %s cluster of three nodes: ready after %d s, the cluster tests took %d s\n' \
+    "$cluster_version" "$cluster_ready_secs" "$cluster_secs" >&2
 printf '\ntest.sh: ALL TESTS PASSED in %d s\n' "$((SECONDS - T0))" >&2

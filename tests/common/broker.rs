@@ -304,7 +304,7 @@ fn url_authority(url: &str) -> (&str, &str, &str) {
 }
 
 /// The URL with its path replaced by `vhost` (a name that needs no percent-encoding).
-fn url_with_vhost(url: &str, vhost: &str) -> String {
+pub(crate) fn url_with_vhost(url: &str, vhost: &str) -> String {
     let (scheme, authority, path_and_query) = url_authority(url);
     let query = path_and_query.find('?').map(|i| &path_and_query[i..]).unwrap_or("");
     format!("{scheme}://{authority}/{vhost}{query}")
@@ -320,7 +320,7 @@ fn url_user(url: &str) -> String {
 }
 
 /// `host:port` of the URL (port 5672 or, for amqps, 5671 when none is given).
-fn url_host_port(url: &str) -> String {
+pub(crate) fn url_host_port(url: &str) -> String {
     let (scheme, authority, _) = url_authority(url);
     let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     let has_port = match host_port.rfind(']') {

@@ -2,6 +2,7 @@
 //! uses the parts it needs.
 
 pub mod broker;
+pub mod cluster;
 pub mod records;
 pub mod relay;
 pub mod simulator;
