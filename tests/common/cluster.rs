@@ -139,6 +139,17 @@ impl Cluster {
         self.script(&["node-kill", &n.to_string()]);
     }
 
+    /// Stops node `n` cleanly (`scripts/rabbitmq.sh node-stop N`), as a rolling upgrade
+    /// does; its data stays for [`Cluster::start`].
+    pub fn stop(&self, n: usize) {
+        self.script(&["node-stop", &n.to_string()]);
+    }
+
+    /// The `host:port` of every node, for `amqp.addresses`.
+    pub fn addresses(&self) -> Vec<String> {
+        self.urls.iter().map(|url| url_host_port(url)).collect()
+    }
+
     /// Starts node `n` again on its data (`scripts/rabbitmq.sh node-start N`); returns once it
     /// runs, is back in the cluster and answers AMQP (the script waits up to two minutes).
     pub fn start(&self, n: usize) {
