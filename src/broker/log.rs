@@ -302,10 +302,15 @@ fn error_message(error: &lapin::Error) -> String {
     }
 }
 
-/// Whether the broker refused a stream because it is still starting it.
+/// Whether the broker refused a stream because it is still starting it: "does not have a
+/// replica on the local node" (PRECONDITION_FAILED), or, on a cluster, a consumer attached a
+/// moment after the stream was declared elsewhere, `stream_not_found` in whatever error
+/// carries it (when that error closed the connection too, the next attempt fails otherwise
+/// and the caller reconnects, as before).
 fn is_starting(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e)
-        if e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id() && e.get_message().as_str().contains("replica"))
+        if (e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id() && e.get_message().as_str().contains("replica"))
+            || e.get_message().as_str().contains("stream_not_found"))
 }
 
 /// Applies the stream to `inner` until the consumer ends, then marks the log as ended.
@@ -413,5 +418,11 @@ mod tests {
         let queue_type = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'els.ledger' in vhost 'v'";
         assert_eq!(other_argument(&refusal(AMQPSoftError::PRECONDITIONFAILED, queue_type)), None, "not a stream: an error");
         assert!(!is_starting(&refusal(AMQPSoftError::ACCESSREFUSED, "ACCESS_REFUSED - no replica needed")));
+        let not_found = "INTERNAL_ERROR - Cannot consume a message from queue 'els.tokens' in vhost 'v': stream_not_found";
+        let crashed: lapin::Error =
+            ErrorKind::ProtocolError(AMQPError::new(AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::INTERNALERROR), not_found.into()))
+                .into();
+        assert!(is_starting(&crashed), "a stream a cluster has not started on this node yet");
+        assert!(!is_starting(&refusal(AMQPSoftError::NOTFOUND, "NOT_FOUND - no queue 'els.tokens' in vhost 'v'")));
     }
 }
