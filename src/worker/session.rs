@@ -27,6 +27,9 @@ use crate::event::{self, Institutions};
 /// How late a sleep may end: tokio's timers fire on a 1 ms tick after their deadline (on
 /// the benchmark machine 0.5–1.9 ms late, 1.07 ms on average).
 const TIMER_LATENESS: Duration = Duration::from_millis(2);
+/// How long the broker may take to confirm the last acks of a session (on a loaded node,
+/// after a drain of thousands of deliveries, seconds).
+const ACK_BARRIER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +84,8 @@ impl Session<'_> {
             // The channel is gone: whatever is in flight can no longer be acked.
             flow.tasks.abort_all();
         } else {
+            // One ack (multiple) for what has no unsettled delivery below it, each of the rest.
+            send_acks(flow.acks.due()).await;
             send_acks(flow.acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
@@ -316,13 +321,23 @@ async fn send_acks(acks: Vec<Ack<Acker>>) {
 /// Waits until the broker has taken every ack sent on the consume channel: acks have no
 /// answer, so a `basic.qos` round trip (answered in order after them) is the barrier that
 /// keeps the connection's close from overtaking them. The channel itself closes with the
-/// connection (closing it separately races lapin's own close of dropped channels).
+/// connection (closing it separately races lapin's own close of dropped channels). What is
+/// not confirmed is said: those deliveries come again (to this worker or another).
 async fn flush_acks(channel: &Channel, prefetch: u16) {
-    if channel.status().connected() {
-        let barrier = channel.basic_qos(prefetch, BasicQosOptions::default());
-        if let Err(error) = tokio::time::timeout(Duration::from_secs(5), barrier).await.unwrap_or_else(|_| Ok(())) {
-            tracing::warn!("could not confirm that the last acks reached the broker: {error}");
+    if !channel.status().connected() {
+        tracing::warn!("the consume channel closed before the last acks were confirmed; deliveries not acked come again");
+        return;
+    }
+    let barrier = channel.basic_qos(prefetch, BasicQosOptions::default());
+    match tokio::time::timeout(ACK_BARRIER_TIMEOUT, barrier).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!("could not confirm that the last acks reached the broker ({error}); deliveries not acked come again")
         }
+        Err(_) => tracing::warn!(
+            "the broker did not confirm the last acks within {} s; deliveries not acked come again",
+            ACK_BARRIER_TIMEOUT.as_secs()
+        ),
     }
 }
 
