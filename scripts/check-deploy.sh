@@ -25,6 +25,8 @@
 #    file unchanged); the schema must refuse a misspelt top-level key and a broker address
 #    that is not host[:port]; rendered manifests are left in target/check-deploy/ for
 #    reading;
+# 4b. the values reference in charts/els-bridge/README.md is what
+#    scripts/chart_values_reference.py generates from values.yaml's `# --` comments;
 # 5. deploy/compose/sample-day.jsonl is what scripts/sample_day.py generates;
 # 6. with an els-bridge binary ($ELS_BRIDGE_BIN, else target/debug/els-bridge, else
 #    target/release/els-bridge): the sample day validates except exactly its broken-on-
@@ -308,6 +310,10 @@ if refused == 3:
     ok("templates refuse KEDA with the HPA, KEDA without management credentials, an institution without secrets")
 sys.exit(1 if failed else 0)
 EOF
+
+# --- 4b. values reference ---------------------------------------------------------------
+step "$CHART/README.md: the values reference is current"
+if out=$("$PY" scripts/chart_values_reference.py --check 2>&1); then ok "$out"; else bad "$out"; fi
 
 # --- 5. sample day -----------------------------------------------------------------------
 step "deploy/compose/sample-day.jsonl is the output of scripts/sample_day.py"
