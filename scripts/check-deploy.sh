@@ -244,7 +244,7 @@ def check_custom(doc, where, values):
     elif kind == "ConfigMap" and "els-bridge.json" in (doc.get("data") or {}):
         with open(DASHBOARD_FILE, encoding="utf-8") as f:
             assert json.loads(doc["data"]["els-bridge.json"]) == json.load(f), f"not {DASHBOARD_FILE}"
-        wanted = values.get("grafanaDashboard", {}).get("labels", {"grafana_dashboard": "1"})
+        wanted = {**chart.values["grafanaDashboard"], **values.get("grafanaDashboard", {})}["labels"]
         assert wanted.items() <= doc["metadata"]["labels"].items(), "the sidecar's labels"
     else:
         return False
