@@ -18,8 +18,9 @@ die() { log "ERROR: $*"; exit 1; }
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
     exit 0
 fi
-[[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
-    || die "prometheus and promtool are missing; install Debian's package: apt-get install --no-install-recommends prometheus"
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    die "prometheus and promtool are missing; install Debian's package: apt-get install --no-install-recommends prometheus"
+fi
 
 policy=/usr/sbin/policy-rc.d
 ours=
