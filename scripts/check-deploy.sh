@@ -10,13 +10,23 @@
 # 2. Dockerfile: hadolint --failure-threshold error;
 # 3. docker-compose.yml: `docker compose config --quiet`, with and without the tracing
 #    profile, and every file it bind-mounts exists;
+# 3b. monitoring (promtool from Debian's prometheus package, installed by
+#    scripts/install-prometheus.sh when missing): promtool check rules and promtool test
+#    rules on deploy/prometheus/; every alert's severity, summary, description and runbook
+#    section in docs/runbook.md; every query of deploy/grafana/els-bridge.json parsed by
+#    promtool (scripts/check_monitoring.py);
 # 4. charts/els-bridge: helm lint --strict; for each value set (defaults and
 #    charts/els-bridge/ci/*-values.yaml): values against values.schema.json, render, every
-#    manifest through kubernetes-validate --strict -k 1.30.0 (custom resources such as
-#    ScaledObject and ServiceMonitor get a smaller structural check here instead); the
-#    schema must refuse a misspelt top-level key and a broker address that is not
-#    host[:port]; rendered manifests are left in
-#    target/check-deploy/ for reading;
+#    manifest through kubernetes-validate --strict -k 1.30.0 (it has no schema for custom
+#    resources, so ScaledObject, TriggerAuthentication, ServiceMonitor and PrometheusRule
+#    get a structural check here instead; a PrometheusRule's rules must also pass promtool
+#    check rules and be the rules file's, with only the runbook base URL, the time of day
+#    and the extra labels of the values; the dashboard ConfigMap must hold the dashboard
+#    file unchanged); the schema must refuse a misspelt top-level key and a broker address
+#    that is not host[:port]; rendered manifests are left in target/check-deploy/ for
+#    reading;
+# 4b. the values reference in charts/els-bridge/README.md is what
+#    scripts/chart_values_reference.py generates from values.yaml's `# --` comments;
 # 5. deploy/compose/sample-day.jsonl is what scripts/sample_day.py generates;
 # 6. with an els-bridge binary ($ELS_BRIDGE_BIN, else target/debug/els-bridge, else
 #    target/release/els-bridge): the sample day validates except exactly its broken-on-
@@ -101,14 +111,48 @@ EOF
     if [[ -z $missing ]]; then ok "every bind-mounted file exists"; else bad "compose bind mounts missing: $missing"; fi
 fi
 
+# --- 3b. monitoring ----------------------------------------------------------------------
+step "deploy/prometheus, deploy/grafana: promtool check rules, promtool test rules, dashboard queries"
+if bash scripts/install-prometheus.sh; then
+    PROMTOOL=$(command -v promtool)
+    if "$PROMTOOL" check rules deploy/prometheus/els-bridge.rules.yml >&2; then
+        ok "promtool check rules deploy/prometheus/els-bridge.rules.yml"
+    else
+        bad "promtool check rules deploy/prometheus/els-bridge.rules.yml"
+    fi
+    if "$PROMTOOL" test rules deploy/prometheus/els-bridge.rules.test.yml >&2; then
+        ok "promtool test rules deploy/prometheus/els-bridge.rules.test.yml (every alert fires and stays quiet)"
+    else
+        bad "promtool test rules deploy/prometheus/els-bridge.rules.test.yml"
+    fi
+    if out=$("$PY" scripts/check_monitoring.py "$OUT" 2>&1); then
+        ok "$out"
+        if "$PROMTOOL" check rules "$OUT/dashboard-queries.rules.yml" >/dev/null 2>"$OUT/dashboard-queries.promtool.txt"; then
+            ok "every query of deploy/grafana/els-bridge.json parses (promtool)"
+        else
+            cat "$OUT/dashboard-queries.promtool.txt" >&2
+            bad "deploy/grafana/els-bridge.json: a query does not parse (see above; $OUT/dashboard-queries.rules.yml)"
+        fi
+    else
+        printf '%s\n' "$out" >&2
+        bad "scripts/check_monitoring.py: alert annotations, runbook sections or dashboard"
+    fi
+else
+    PROMTOOL=
+    bad "scripts/install-prometheus.sh: promtool is needed for the rule checks"
+fi
+
 # --- 4. Helm chart -----------------------------------------------------------------------
 step "$CHART: helm lint --strict, schema, render, kubernetes-validate --strict -k $KUBE_VERSION"
-if ! "$PY" - "$CHART" "$OUT" "$KUBE_VERSION" <<'EOF'; then bad "helm chart (see above)"; fi
+if ! "$PY" - "$CHART" "$OUT" "$KUBE_VERSION" "$PROMTOOL" <<'EOF'; then bad "helm chart (see above)"; fi
 import glob, json, os, subprocess, sys
 import yaml
 import helm_python as helm
 
-chart_dir, out, kube_version = sys.argv[1], sys.argv[2], sys.argv[3]
+chart_dir, out, kube_version, promtool = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+RULES_FILE = "deploy/prometheus/els-bridge.rules.yml"
+DASHBOARD_FILE = "deploy/grafana/els-bridge.json"
+TIME_OF_DAY_RULE = "els:accepted_upload_expected_since:beijing_seconds_of_day"
 failed = []
 def ok(msg): print(f"    ok: {msg}", file=sys.stderr)
 def bad(msg): print(f"    FAILED: {msg}", file=sys.stderr); failed.append(msg)
@@ -147,8 +191,34 @@ for wrong in (["amqp://els:PASSWORD@rabbit-1:5672/els"], ["rabbit-1:5672/els"], 
 ok("values.schema.json refuses broker addresses that are not host[:port]")
 
 # render and validate each value set
-def check_custom(doc, where):
-    """KEDA and Prometheus Operator resources have no schema in kubernetes-validate."""
+def check_rules_follow_file(spec, values, where):
+    """The PrometheusRule's rules pass promtool and are the rules file's but for what values set."""
+    rule_values = {**chart.values["prometheusRule"], **values.get("prometheusRule", {})}
+    base = rule_values["runbookBaseUrl"]
+    hours, minutes = map(int, rule_values["noAcceptedUploadSince"].split(":"))
+    extra = rule_values["additionalRuleLabels"]
+    with open(RULES_FILE, encoding="utf-8") as f:
+        expected = yaml.safe_load(f)
+    for group in expected["groups"]:
+        for rule in group["rules"]:
+            if rule.get("record") == TIME_OF_DAY_RULE:
+                rule["expr"] = f"vector({hours * 3600 + minutes * 60})"
+            if "alert" in rule:
+                rule["labels"] = {**extra, **rule.get("labels", {})}
+                section = rule["annotations"]["runbook_url"].split("#", 1)[1]
+                rule["annotations"]["runbook_url"] = f"{base}#{section}"
+    assert spec == expected, f"the rules differ from {RULES_FILE} beyond the values' runbook URL, time of day and labels"
+    path = os.path.join(out, f"{where.split(':')[0]}.prometheusrule.yml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec, f, allow_unicode=True, sort_keys=False)
+    if promtool:
+        result = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True)
+        assert result.returncode == 0, f"promtool check rules {path}: {result.stdout}{result.stderr}"
+
+
+def check_custom(doc, where, values):
+    """KEDA and Prometheus Operator resources have no schema in kubernetes-validate; the
+    dashboard ConfigMap is checked against its file as well."""
     kind = doc.get("kind")
     spec = doc.get("spec") or {}
     if kind == "ScaledObject":
@@ -168,6 +238,14 @@ def check_custom(doc, where):
         assert doc["apiVersion"] == "monitoring.coreos.com/v1", "apiVersion"
         assert spec["selector"]["matchLabels"], "selector"
         assert all(e.get("port") for e in spec["endpoints"]), "endpoints[].port"
+    elif kind == "PrometheusRule":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1", "apiVersion"
+        check_rules_follow_file(spec, values, where)
+    elif kind == "ConfigMap" and "els-bridge.json" in (doc.get("data") or {}):
+        with open(DASHBOARD_FILE, encoding="utf-8") as f:
+            assert json.loads(doc["data"]["els-bridge.json"]) == json.load(f), f"not {DASHBOARD_FILE}"
+        wanted = {**chart.values["grafanaDashboard"], **values.get("grafanaDashboard", {})}["labels"]
+        assert wanted.items() <= doc["metadata"]["labels"].items(), "the sidecar's labels"
     else:
         return False
     ok(f"{where}: {kind} {doc['metadata']['name']} (structure checked here)")
@@ -194,7 +272,7 @@ for name, values in value_sets.items():
             where = f"{name}: {os.path.basename(template)}"
             manifests.append(doc)
             try:
-                check_custom(doc, where)
+                check_custom(doc, where, values)
             except (AssertionError, KeyError, TypeError) as error:
                 bad(f"{where}: {doc.get('kind')}: {error!r}")
             if doc.get("kind") == "ConfigMap" and "els-bridge.toml" in (doc.get("data") or {}):
@@ -232,6 +310,10 @@ if refused == 3:
     ok("templates refuse KEDA with the HPA, KEDA without management credentials, an institution without secrets")
 sys.exit(1 if failed else 0)
 EOF
+
+# --- 4b. values reference ---------------------------------------------------------------
+step "$CHART/README.md: the values reference is current"
+if out=$("$PY" scripts/chart_values_reference.py --check 2>&1); then ok "$out"; else bad "$out"; fi
 
 # --- 5. sample day -----------------------------------------------------------------------
 step "deploy/compose/sample-day.jsonl is the output of scripts/sample_day.py"

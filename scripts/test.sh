@@ -17,6 +17,10 @@
 #    ELS_BRIDGE_TEST_AMQP_URL and the rabbitmqctl first on PATH (scripts/rabbitmq.sh
 #    bin-dir). One test runs on 3.10 only: the in-place upgrade beside the old refresh-lock
 #    queues, which a broker that denies transient queues cannot hold;
+# 4a. scripts/prometheus-live.sh on the 4.3 node (about 25 s): a real Prometheus on
+#    loopback scrapes a real worker (the simulator, the sample day) with the alert rules
+#    loaded; every Grafana dashboard query and every rule runs through its HTTP API and
+#    must parse, the panels must return series, every rule must be healthy;
 # 4b. the cluster tests (tests/cluster.rs, ignored in the suites above as they kill nodes)
 #    on a three-node cluster of RabbitMQ 4.3 (scripts/rabbitmq.sh start --version 4.3
 #    --cluster, beside the two single nodes): cargo test --test cluster -- --ignored with
@@ -132,6 +136,12 @@ for version in 4.3 3.10; do
     printf '\n==> the suite passed on RabbitMQ %s in %d s\n' "${part_version[$version]}" "${part_secs[$version]}" >&2
 done
 
+# The dashboard and the alert rules against a live Prometheus scraping a live worker.
+step "scripts/prometheus-live.sh (a live Prometheus scraping a worker on RabbitMQ ${part_version[4.3]})"
+t=$SECONDS
+RABBITMQ_VERSION=4.3 bash scripts/prometheus-live.sh || fail "scripts/prometheus-live.sh: dashboard queries or alert rules against a live Prometheus"
+live_secs=$((SECONDS - t))
+
 # The cluster tests kill and restart nodes: a cluster of their own, started only now so
 # that it does not take memory and cores from the suites.
 step "RabbitMQ 4.3 cluster of three nodes (scripts/rabbitmq.sh start --version 4.3 --cluster)"
@@ -184,6 +194,7 @@ for version in 4.3 3.10; do
     printf 'test.sh: RabbitMQ %s: ready after %d s, the suite took %d s\n' \
         "${part_version[$version]}" "${broker_secs[$version]}" "${part_secs[$version]}" >&2
 done
+printf 'test.sh: the dashboard and the rules against a live Prometheus took %d s\n' "$live_secs" >&2
 printf 'test.sh: RabbitMQ %s cluster of three nodes: ready after %d s, the cluster tests took %d s\n' \
     "$cluster_version" "$cluster_ready_secs" "$cluster_secs" >&2
 printf '\ntest.sh: ALL TESTS PASSED in %d s\n' "$((SECONDS - T0))" >&2

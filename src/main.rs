@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use els_bridge::commands;
 
@@ -31,6 +31,10 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// Run the provincial platform simulator.
     Simulate(commands::simulate::SimulateArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::CompletionsArgs),
+    /// Write the manual pages into a folder.
+    Man(commands::man::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,8 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::publish::run(args).await,
             Command::Dlq(args) => commands::dlq::run(args).await,
             Command::Simulate(args) => commands::simulate::run(args).await,
+            Command::Completions(args) => commands::completions::run(args, Cli::command()),
+            Command::Man(args) => commands::man::run(args, Cli::command()),
         }
     });
     drop(runtime);

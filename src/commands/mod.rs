@@ -4,7 +4,9 @@
 //! records failed, or an error that `main` prints and turns into [`EXIT_USAGE`].
 
 pub(crate) mod common;
+pub mod completions;
 pub mod dlq;
+pub mod man;
 pub mod publish;
 pub mod report;
 pub mod send;
