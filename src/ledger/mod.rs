@@ -44,8 +44,11 @@
 //!   fingerprints older than the index window (or evicted past `max_index_keys`) are not
 //!   protected against a replay of a stale version (the claim order still serialises
 //!   racing uploads).
-//! * **The daily report** (`els-bridge report`, [`report`]): receipts carry each row's
-//!   quantity, price and movement time.
+//! * **The hospital's evidence** (`els-bridge report`): receipts carry each row's
+//!   quantity, price and movement time, and claims the process that made them, so the
+//!   ledger answers for the daily totals ([`report`]), the history of one record
+//!   ([`history`]), what the platform holds record by record ([`records`]) and the
+//!   comparison with the warehouse system's own export ([`reconcile`]).
 //!
 //! Entries (`change` of a log entry):
 //! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder", "replica"}}`,
@@ -54,7 +57,10 @@
 //! entry as unreadable, with a warning: harmless during a rolling upgrade).
 
 pub mod fingerprint;
+pub mod history;
 pub mod index;
+pub mod reconcile;
+pub mod records;
 pub mod report;
 
 use std::collections::HashMap;
