@@ -283,7 +283,9 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     warnings.opened(&reader, &queue);
     let mut stats = Stats::default();
     let mut triage = args.by.map(Triage::new);
+    let progress = common::progress_bar(reader.present(), false, "read");
     while let Some(taken) = reader.next().await? {
+        progress.set_position(reader.scanned());
         let letter = session.read(&taken);
         warnings.read(&letter);
         if filter.matches(&letter) {
@@ -293,6 +295,7 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
             }
         }
     }
+    progress.finish_and_clear();
     let (present, scanned) = (reader.present(), reader.scanned());
     finish(reader, &queue).await;
     session.close().await;
@@ -340,9 +343,11 @@ async fn peek(args: PeekArgs) -> anyhow::Result<u8> {
     let limit = args.count.unwrap_or(if args.csv { u64::MAX } else { 10 });
     let mut output = Shown::of(&args);
     let (mut shown, mut matching) = (0, 0);
+    let progress = common::progress_bar(reader.present(), false, "read");
     // Read to the end even when enough are shown: giving back only part of what was read
     // could change the queue's order (see dlq::reader).
     while let Some(taken) = reader.next().await? {
+        progress.set_position(reader.scanned());
         let letter = session.read(&taken);
         warnings.read(&letter);
         if !filter.matches(&letter) {
@@ -351,9 +356,10 @@ async fn peek(args: PeekArgs) -> anyhow::Result<u8> {
         matching += 1;
         if shown < limit {
             shown += 1;
-            output.show(shown, &letter)?;
+            progress.suspend(|| output.show(shown, &letter))?;
         }
     }
+    progress.finish_and_clear();
     let (present, scanned) = (reader.present(), reader.scanned());
     finish(reader, &queue).await;
     session.close().await;

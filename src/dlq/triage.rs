@@ -141,6 +141,7 @@ impl Triage {
                 .map(|c| Group { return_code: letter.return_code, field: c.value_field, value: c.value })
                 .collect(),
         };
+        groups.sort();
         groups.dedup();
         for group in groups {
             self.groups.entry(group).or_default().add(letter.last_failed_at);

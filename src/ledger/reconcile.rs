@@ -113,7 +113,8 @@ pub struct Line {
 /// The outcome of a reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconciliation {
-    /// Every difference, missing records first, then by key.
+    /// Every difference, by kind (missing, not in the file, quantity, price, time,
+    /// unreadable), then by key.
     pub lines: Vec<Line>,
     /// Records of the range in the file.
     pub in_file: u64,
