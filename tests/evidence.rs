@@ -136,6 +136,8 @@ async fn report_against_finds_a_missing_an_extra_and_a_changed_record_and_none_i
     assert_eq!(found[2], ("quantity".into(), "B".into(), "5".into(), "2".into()), "the price 12.34 equals 12.3400");
     let summary = String::from_utf8_lossy(&output.stderr);
     assert!(summary.contains("1 equal, 1 missing at the platform, 1 not in the file, 1 differ"), "{summary}");
+    let unknown = report(&config, &[&args[..], &[file.to_str().unwrap(), "--institution", "H99999999999"]].concat());
+    assert_eq!(unknown.status.code(), Some(2), "an institution that is not configured is a usage error: {}", stdout(&unknown));
     assert!(worker.terminate(Duration::from_secs(30)).success());
     amqp.close().await;
 }

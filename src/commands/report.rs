@@ -218,8 +218,13 @@ async fn against(config: &Config, args: &ReportArgs, days: &Days, file: &Path) -
 
 /// The institution an export belongs to: `--institution`, or the only one configured.
 fn file_institution(config: &Config, code: Option<&str>) -> anyhow::Result<String> {
+    let codes = || config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect::<Vec<_>>().join(", ");
     match (code, config.institutions.as_slice()) {
-        (Some(code), _) => Ok(code.to_owned()),
+        (Some(code), []) => Ok(code.to_owned()),
+        (Some(code), _) => match config.institution(code) {
+            Some(institution) => Ok(institution.fixmedins_code.clone()),
+            None => bail!("--institution {code} is not configured (configured: {})", codes()),
+        },
         (None, [only]) => Ok(only.fixmedins_code.clone()),
         (None, _) => bail!("--against compares one institution's export: choose it with --institution"),
     }
