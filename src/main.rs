@@ -23,7 +23,7 @@ enum Command {
     Send(commands::send::SendArgs),
     /// Check event or record files against the spec, offline.
     Validate(commands::validate::ValidateArgs),
-    /// What was reported for a day or range, from the receipts ledger.
+    /// What was reported, from the receipts ledger: totals per day, one record's history (--key), every record (--records), a reconciliation with the warehouse export (--against).
     Report(commands::report::ReportArgs),
     /// Publish event files to the events exchange, with publisher confirms.
     Publish(commands::publish::PublishArgs),

@@ -563,3 +563,64 @@ async fn a_replay_killed_halfway_and_run_again_loses_nothing() {
     vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(30));
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_by_groups_a_mix_of_refusals_and_peek_csv_parses() {
+    let common::worker::World { sim, vhost, amqp } =
+        common::worker::World::new("dlq-triage", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    let config = sim.write_client_config("worker.toml", &worker_toml(vhost.url(), 100));
+    let mut worker = WorkerProcess::start(&config, "worker");
+    sim.refuse_keys(&["R15-A", "R15-B", "R15-C"], 15).await;
+    sim.refuse_keys(&["R13-A"], 13).await;
+    let product = |key: &str, product: &str| {
+        let mut data = row(Infno::Els7002, key, "2");
+        data.insert("prov_plaf_prod_code".into(), Value::String(product.into()));
+        event(Infno::Els7002, &code, Some(1), data)
+    };
+    let mut invalid = row(Infno::Els7002, "BAD-1", "-1");
+    invalid.insert("er_flag".into(), Value::String("9".into()));
+    amqp.publish(&[
+        product("R15-A", "P-GONE"),
+        product("R15-B", "P-GONE"),
+        product("R15-C", "P-OTHER"),
+        product("R13-A", "P-13"),
+        product("OK-1", "P-OK"),
+        event(Infno::Els7002, &code, Some(1), invalid),
+    ])
+    .await;
+    vhost.wait_for_counts("els.dead", QueueCounts::new(5, 0), Duration::from_secs(120));
+    vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(60));
+
+    let groups = |by: &str| -> Vec<Value> {
+        let output = els(&["dlq", "stats", "--by", by, "--json"], &config);
+        assert!(output.status.success(), "{}", show(&output));
+        let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        assert_eq!(json["letters"], 5, "{json}");
+        json["groups"].as_array().unwrap().clone()
+    };
+    let codes: Vec<(Value, Value)> = groups("return-code").iter().map(|g| (g["return_code"].clone(), g["count"].clone())).collect();
+    assert_eq!(codes, vec![(15.into(), 3.into()), (Value::Null, 1.into()), (13.into(), 1.into())]);
+    let fields: Vec<(Value, Value)> = groups("field").iter().map(|g| (g["field"].clone(), g["count"].clone())).collect();
+    assert_eq!(fields, vec![(Value::Null, 4.into()), ("er_flag".into(), 1.into()), ("stoin_cnt".into(), 1.into())]);
+    let values: Vec<(Value, Value, Value)> =
+        groups("value").iter().map(|g| (g["field"].clone(), g["value"].clone(), g["count"].clone())).collect();
+    assert_eq!(values[0], ("prov_plaf_prod_code".into(), "P-GONE".into(), 2.into()), "{values:?}");
+    assert!(values.contains(&("prov_plaf_prod_code".into(), "P-13".into(), 1.into())), "{values:?}");
+    assert!(values.contains(&("er_flag".into(), "9".into(), 1.into())), "{values:?}");
+    let table = els(&["dlq", "stats", "--by", "return-code"], &config);
+    assert!(stdout(&table).contains("data not found"), "{}", show(&table));
+
+    let output = els(&["dlq", "peek", "--csv"], &config);
+    assert!(output.status.success(), "{}", show(&output));
+    let mut reader = csv::Reader::from_reader(output.stdout.as_slice());
+    let rows: Vec<BTreeMap<String, String>> = reader.deserialize().map(|r| r.expect("CSV")).collect();
+    assert_eq!(rows.len(), 5);
+    let gone: Vec<&BTreeMap<String, String>> = rows.iter().filter(|r| r["prov_plaf_prod_code"] == "P-GONE").collect();
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|r| r["return_code"] == "15" && r["meaning"] == "data not found" && r["reason"] == "rejected"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("5 shown of 5 matching"), "{}", show(&output));
+    vhost.wait_for_counts("els.dead", QueueCounts::new(5, 0), Duration::from_secs(10));
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
+    amqp.close().await;
+}

@@ -761,8 +761,15 @@ async fn fill_ledger(vhost: &common::broker::TestVhost, code: &str, claims: usiz
         let entries = (chunk * 100..((chunk + 1) * 100).min(claims)).flat_map(|n| {
             let id = format!("fill-{n}");
             let keys = (0..100).map(|k| (format!("FILLED-BEFORE-{n:06}-{k:03}-0000000000000000"), Some(1))).collect();
-            let claim =
-                Claim { id: id.clone(), institution: code.to_owned(), infno: Infno::Els7002, keys, at: chrono::Utc::now(), holder: None };
+            let claim = Claim {
+                id: id.clone(),
+                institution: code.to_owned(),
+                infno: Infno::Els7002,
+                keys,
+                at: chrono::Utc::now(),
+                holder: None,
+                replica: None,
+            };
             [Entry::Claim(claim), Entry::Release { claim: id }]
         });
         futures_util::future::try_join_all(entries.map(|entry| log.append_confirmed(entry))).await.unwrap();

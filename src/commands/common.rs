@@ -96,3 +96,13 @@ pub(crate) fn progress_bar(len: u64, in_bytes: bool, what: &str) -> indicatif::P
     let style = indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     indicatif::ProgressBar::new(len).with_style(style)
 }
+
+/// A spinner counting `what` (e.g. "ledger entries read") for a read of unknown length,
+/// shown only on a terminal.
+pub(crate) fn progress_spinner(what: &str) -> indicatif::ProgressBar {
+    let template = format!("{{spinner}} [{{elapsed_precise}}] {{pos}} {what}");
+    let style = indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let spinner = indicatif::ProgressBar::new_spinner().with_style(style);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner
+}

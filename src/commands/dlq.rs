@@ -24,6 +24,8 @@ use crate::contract::rfc3339;
 use crate::dlq::filter::parse_time;
 use crate::dlq::reader::Taken;
 use crate::dlq::replay::{Outcome, republish};
+use crate::dlq::sheet::Sheet;
+use crate::dlq::triage::{By, Triage};
 use crate::dlq::{DeadLetter, Filter, Reader, Reason, Replayer, Stats};
 use crate::spec::Infno;
 
@@ -47,9 +49,19 @@ pub struct DlqArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum DlqCommand {
-    /// Count dead letters by reason, infno and institution, with oldest and newest failure.
+    /// Count dead letters by reason, infno and institution, with oldest and newest failure;
+    /// or, with --by, by return code, field or offending value, most frequent first.
+    #[command(
+        after_help = "--by return-code: by the platform's returnCode (x-els-return-code) with its meaning; invalid letters were never sent and have none.
+--by field: by the field named in the error (x-els-error); the platform's refusals name none.
+--by value: by return code, field and offending value: the value quoted in the error of an invalid letter, and for a refusal (which never says which field was wrong) the record's product code: prov_plaf_prod_code, or drug_code / mcs_code when that is \"0\". A letter naming several fields counts under each."
+    )]
     Stats(StatsArgs),
-    /// Show dead letters: their headers (reason, error, return code, attempts, times) and record.
+    /// Show dead letters: their headers (reason, error, return code, attempts, times) and
+    /// record; --csv for a spreadsheet.
+    #[command(
+        after_help = "--csv writes one row per dead letter with the product (codes, name, specification, manufacturer, distributor), quantity, price, movement time, reason, return code and its meaning, error and failure times in Beijing time: every matching dead letter unless --count is given."
+    )]
     Peek(PeekArgs),
     /// Move dead letters back to the events exchange (default: rejected and exhausted ones).
     #[command(after_help = "Each copy is confirmed by the broker before its dead letter is removed; interrupted at any \
@@ -108,6 +120,9 @@ struct StatsArgs {
     connect: Connect,
     #[command(flatten)]
     filters: Filters,
+    /// Group by the platform's return code, the field named in the error, or the offending value.
+    #[arg(long, value_enum, value_name = "GROUPING")]
+    by: Option<By>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -120,12 +135,57 @@ struct PeekArgs {
     connect: Connect,
     #[command(flatten)]
     filters: Filters,
-    /// Show at most this many (from the head of the queue).
-    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 10)]
-    count: u64,
+    /// Show at most this many (from the head of the queue; default 10, with --csv all).
+    #[arg(short = 'n', long = "count", value_name = "N")]
+    count: Option<u64>,
     /// Print one JSON object a line instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV for a spreadsheet (the summary goes to standard error).
+    #[arg(long)]
+    csv: bool,
+}
+
+/// How `dlq peek` prints what it shows.
+enum Shown<'a> {
+    Text(std::io::StdoutLock<'a>),
+    Json(std::io::StdoutLock<'a>),
+    Csv(Box<Sheet<std::io::StdoutLock<'a>>>),
+}
+
+impl Shown<'_> {
+    fn of(args: &PeekArgs) -> Self {
+        let out = std::io::stdout().lock();
+        if args.csv {
+            Shown::Csv(Box::new(Sheet::new(out)))
+        } else if args.json {
+            Shown::Json(out)
+        } else {
+            Shown::Text(out)
+        }
+    }
+
+    fn show(&mut self, number: u64, letter: &DeadLetter) -> anyhow::Result<()> {
+        match self {
+            Shown::Text(out) => write!(out, "{}", describe(number, letter))?,
+            Shown::Json(out) => writeln!(out, "{}", letter.to_json())?,
+            Shown::Csv(sheet) => sheet.add(letter)?,
+        }
+        Ok(())
+    }
+
+    /// Ends the output with `footer`: on standard error for machine formats.
+    fn finish(self, footer: &str) -> anyhow::Result<()> {
+        match self {
+            Shown::Text(mut out) => writeln!(out, "{footer}")?,
+            Shown::Json(_) => eprintln!("{footer}"),
+            Shown::Csv(sheet) => {
+                sheet.finish()?;
+                eprintln!("{footer}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Options of `dlq replay`.
@@ -222,17 +282,26 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     let mut warnings = Warnings::default();
     warnings.opened(&reader, &queue);
     let mut stats = Stats::default();
+    let mut triage = args.by.map(Triage::new);
+    let progress = common::progress_bar(reader.present(), false, "read");
     while let Some(taken) = reader.next().await? {
+        progress.set_position(reader.scanned());
         let letter = session.read(&taken);
         warnings.read(&letter);
         if filter.matches(&letter) {
             stats.add(&letter);
+            if let Some(triage) = triage.as_mut() {
+                triage.add(&letter);
+            }
         }
     }
+    progress.finish_and_clear();
     let (present, scanned) = (reader.present(), reader.scanned());
     finish(reader, &queue).await;
     session.close().await;
-    if args.json {
+    if let Some(triage) = triage {
+        print_triage(&triage, args.json, &queue, scanned, present, &filter);
+    } else if args.json {
         let mut json = stats.to_json();
         json["queue"] = json!(queue);
         json["scanned"] = json!(scanned);
@@ -245,6 +314,25 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Prints the groups of `dlq stats --by`.
+fn print_triage(triage: &Triage, json: bool, queue: &str, scanned: u64, present: u64, filter: &Filter) {
+    if json {
+        let mut json = triage.to_json();
+        json["queue"] = json!(queue);
+        json["scanned"] = json!(scanned);
+        json["filter"] = json!(filter.describe());
+        println!("{json}");
+    } else {
+        println!(
+            "{queue}: {} dead letters counted of {scanned} read ({present} present; filter: {}), by {}\n",
+            triage.letters(),
+            filter.describe(),
+            triage.by().as_str()
+        );
+        print!("{}", triage.table());
+    }
+}
+
 async fn peek(args: PeekArgs) -> anyhow::Result<u8> {
     let session = Session::open(&args.connect, "els-bridge dlq peek").await?;
     let filter = args.filters.filter(&[]);
@@ -252,26 +340,26 @@ async fn peek(args: PeekArgs) -> anyhow::Result<u8> {
     let mut reader = Reader::open(&session.connection, &queue).await?;
     let mut warnings = Warnings::default();
     warnings.opened(&reader, &queue);
-    let mut out = std::io::stdout().lock();
+    let limit = args.count.unwrap_or(if args.csv { u64::MAX } else { 10 });
+    let mut output = Shown::of(&args);
     let (mut shown, mut matching) = (0, 0);
+    let progress = common::progress_bar(reader.present(), false, "read");
     // Read to the end even when enough are shown: giving back only part of what was read
     // could change the queue's order (see dlq::reader).
     while let Some(taken) = reader.next().await? {
+        progress.set_position(reader.scanned());
         let letter = session.read(&taken);
         warnings.read(&letter);
         if !filter.matches(&letter) {
             continue;
         }
         matching += 1;
-        if shown < args.count {
+        if shown < limit {
             shown += 1;
-            if args.json {
-                writeln!(out, "{}", letter.to_json())?;
-            } else {
-                write!(out, "{}", describe(shown, &letter))?;
-            }
+            progress.suspend(|| output.show(shown, &letter))?;
         }
     }
+    progress.finish_and_clear();
     let (present, scanned) = (reader.present(), reader.scanned());
     finish(reader, &queue).await;
     session.close().await;
@@ -279,11 +367,7 @@ async fn peek(args: PeekArgs) -> anyhow::Result<u8> {
         "{shown} shown of {matching} matching; {scanned} of {present} dead letters in {queue} read (filter: {})",
         filter.describe()
     );
-    if args.json {
-        eprintln!("{footer}");
-    } else {
-        writeln!(out, "{footer}")?;
-    }
+    output.finish(&footer)?;
     Ok(EXIT_OK)
 }
 

@@ -9,6 +9,9 @@
 //!   start is delivered to a consumer and held unacknowledged; closing the channels puts
 //!   the ones not taken back in their original order.
 //! - [`stats`]: counts by reason, infno and institution with oldest and newest failure.
+//! - [`triage`]: grouping by return code, field named in the error, or offending value,
+//!   most frequent first.
+//! - [`sheet`]: a dead letter as a spreadsheet row (`dlq peek --csv`).
 //! - [`replay`]: the republished copy (retry state reset, replay stamped) and the
 //!   confirm-before-ack pipeline that moves dead letters back.
 //!
@@ -35,7 +38,9 @@ pub mod filter;
 pub mod letter;
 pub mod reader;
 pub mod replay;
+pub mod sheet;
 pub mod stats;
+pub mod triage;
 
 pub use filter::Filter;
 pub use letter::{DeadLetter, Reason};

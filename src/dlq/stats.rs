@@ -15,15 +15,16 @@ use crate::contract::rfc3339;
 /// Shown for a transaction or institution the body does not name.
 const UNKNOWN: &str = "-";
 
+/// How many dead letters of a group, with the oldest and newest failure.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Tally {
-    count: u64,
-    oldest: Option<DateTime<Utc>>,
-    newest: Option<DateTime<Utc>>,
+pub(super) struct Tally {
+    pub(super) count: u64,
+    pub(super) oldest: Option<DateTime<Utc>>,
+    pub(super) newest: Option<DateTime<Utc>>,
 }
 
 impl Tally {
-    fn add(&mut self, failed: Option<DateTime<Utc>>) {
+    pub(super) fn add(&mut self, failed: Option<DateTime<Utc>>) {
         self.count += 1;
         if let Some(failed) = failed {
             self.oldest = Some(self.oldest.map_or(failed, |t| t.min(failed)));
@@ -31,7 +32,7 @@ impl Tally {
         }
     }
 
-    fn json(&self) -> (Value, Value) {
+    pub(super) fn json(&self) -> (Value, Value) {
         (json!(self.oldest.map(rfc3339)), json!(self.newest.map(rfc3339)))
     }
 }

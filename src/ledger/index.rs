@@ -267,6 +267,7 @@ mod tests {
             keys: keys.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             at: Utc::now(),
             holder: holder.map(str::to_owned),
+            replica: None,
         })
     }
 

@@ -44,17 +44,23 @@
 //!   fingerprints older than the index window (or evicted past `max_index_keys`) are not
 //!   protected against a replay of a stale version (the claim order still serialises
 //!   racing uploads).
-//! * **The daily report** (`els-bridge report`, [`report`]): receipts carry each row's
-//!   quantity, price and movement time.
+//! * **The hospital's evidence** (`els-bridge report`): receipts carry each row's
+//!   quantity, price and movement time, and claims the process that made them, so the
+//!   ledger answers for the daily totals ([`report`]), the history of one record
+//!   ([`history`]), what the platform holds record by record ([`records`]) and the
+//!   comparison with the warehouse system's own export ([`reconcile`]).
 //!
 //! Entries (`change` of a log entry):
-//! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder"}}`,
+//! `{"claim": {"id", "institution", "infno", "keys": [[key, version|null], ...], "at", "holder", "replica"}}`,
 //! `{"receipt": {"claim", "institution", "infno", "msgid", "return_code", "at", "rows": [{"key", "version", "quantity", "price", "time", "fingerprint"}]}}`,
 //! `{"release": {"claim"}}`, `{"renew": {"claim"}}` (releases before this one skip a renew
 //! entry as unreadable, with a warning: harmless during a rolling upgrade).
 
 pub mod fingerprint;
+pub mod history;
 pub mod index;
+pub mod reconcile;
+pub mod records;
 pub mod report;
 
 use std::collections::HashMap;
@@ -132,6 +138,10 @@ pub struct Claim {
     /// The claiming connection's holder queue (absent in claims of older releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// Which process claimed: its host name (a pod's name) and process id, for
+    /// `report --key` (absent in claims of older releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// What the platform accepted in one call.
@@ -215,6 +225,18 @@ pub trait Provenance {
     }
 }
 
+/// This process as a claim names it: `<host name> pid <id>`; the host name is a pod's
+/// name under Kubernetes (`HOSTNAME`), else the kernel's.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown host".to_owned());
+    format!("{host} pid {}", std::process::id())
+}
+
 /// A new holder queue's name for `prefix`.
 fn holder_queue_name(prefix: &str) -> String {
     format!("{prefix}.ledger.holder.{}", nonce())
@@ -225,6 +247,8 @@ pub struct Ledger {
     log: StreamLog<Index>,
     /// This connection's holder queue, named in its claims.
     holder: String,
+    /// This process, named in its claims.
+    replica: String,
     /// A confirm-mode channel probing the holders of other claims.
     probe: Channel,
     /// Holders found gone, with when: their claims hold nothing up. Pruned after
@@ -248,7 +272,15 @@ impl Ledger {
         let probe = presence::probe_channel(connection).await?;
         let holder = holder_queue_name(prefix);
         presence::declare_exclusive(&probe, &holder).await.map_err(BrokerError::from)?;
-        Ok(Ledger { log, holder, probe, gone: Mutex::new(HashMap::new()), claim_round_trip: RoundTrip::default(), claim_ttl })
+        Ok(Ledger {
+            log,
+            holder,
+            replica: replica_name(),
+            probe,
+            gone: Mutex::new(HashMap::new()),
+            claim_round_trip: RoundTrip::default(),
+            claim_ttl,
+        })
     }
 
     /// Cancelled once the ledger stream is no longer read (see [`StreamLog::lost`]).
@@ -285,7 +317,8 @@ impl Ledger {
     ) -> Result<(String, Vec<Turn>), LogError> {
         let id = nonce();
         let holder = Some(self.holder.clone());
-        let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder };
+        let replica = Some(self.replica.clone());
+        let claim = Claim { id: id.clone(), institution: institution.to_owned(), infno, keys, at: Utc::now(), holder, replica };
         let appending = Instant::now();
         self.log.append(Entry::Claim(claim)).await?;
         self.claim_round_trip.add(appending.elapsed());
@@ -371,6 +404,36 @@ impl Fold for Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_written_by_older_releases_still_read() {
+        // A claim before holders and replicas were named, a receipt row without fingerprint.
+        let claim =
+            r#"{"claim":{"id":"c1","institution":"H1","infno":"ELS7002","keys":[["IN-1",3],["IN-2",null]],"at":"2026-11-25T01:00:00Z"}}"#;
+        let Ok(Entry::Claim(claim)) = serde_json::from_str::<Entry>(claim) else { panic!("an old claim must read") };
+        assert_eq!((claim.holder, claim.replica), (None, None));
+        assert_eq!(claim.keys, vec![("IN-1".to_owned(), Some(3)), ("IN-2".to_owned(), None)]);
+        let receipt = r#"{"receipt":{"claim":"c1","institution":"H1","infno":"ELS7002","msgid":"m","return_code":1,"at":"2026-11-25T01:00:01Z","rows":[{"key":"IN-1","version":3,"quantity":"10","price":"12.34","time":"2026-11-25 09:30:00"}]}}"#;
+        let Ok(Entry::Receipt(receipt)) = serde_json::from_str::<Entry>(receipt) else { panic!("an old receipt must read") };
+        assert_eq!(receipt.rows[0].fingerprint, None);
+        assert_eq!(receipt.rows[0].quantity, Decimal::TEN);
+    }
+
+    #[test]
+    fn a_claim_names_its_replica_and_reads_back() {
+        let claim = Claim {
+            id: "c".into(),
+            institution: "H1".into(),
+            infno: Infno::Els7003,
+            keys: vec![("K".into(), Some(1))],
+            at: Utc::now(),
+            holder: Some("els.ledger.holder.x".into()),
+            replica: Some(replica_name()),
+        };
+        let text = serde_json::to_string(&Entry::Claim(claim.clone())).unwrap();
+        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), Entry::Claim(claim));
+    }
 
     #[test]
     fn the_round_trip_starts_at_the_first_sample_and_moves_by_an_eighth() {

@@ -55,6 +55,32 @@ pub enum Outcome {
     Transient { code: Option<u32>, message: String },
 }
 
+/// What a returnCode means, in the words of the interface's code table (for people
+/// sorting dead letters; "unknown code" for one the table does not have).
+pub fn meaning(code: i64) -> &'static str {
+    match code {
+        1 => "success",
+        2 => "wrong interface path",
+        3 => "unauthorised",
+        4 => "wrong app_code or auth_code",
+        5 => "token invalid",
+        6 => "service unavailable",
+        7 => "network fault",
+        8 => "business failure",
+        9 => "token still valid",
+        11 => "daily call limit reached",
+        12 => "empty parameter",
+        13 => "wrong dictionary value",
+        14 => "wrong format",
+        15 => "data not found",
+        16 => "wrong data state",
+        17 => "duplicate submission",
+        28 => "input list too long",
+        30 => "no such interface",
+        _ => "unknown code",
+    }
+}
+
 /// The most characters of the platform's `returnMsg` kept in an outcome.
 pub const PLATFORM_MESSAGE_CHARS: usize = 500;
 
