@@ -179,7 +179,7 @@ async fn declare_with_delivery_limit(connection: &Connection, name: &str) -> Res
 }
 
 /// Whether the broker refused a declare because the queue exists without `x-delivery-limit`.
-fn lacks_delivery_limit(error: &lapin::Error) -> bool {
+pub fn lacks_delivery_limit(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e)
         if e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id()
             && e.get_message().as_str().contains("inequivalent arg 'x-delivery-limit'")

@@ -5,6 +5,7 @@
 
 pub(crate) mod common;
 pub mod dlq;
+pub mod doctor;
 pub mod publish;
 pub mod report;
 pub mod send;
