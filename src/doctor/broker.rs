@@ -262,13 +262,13 @@ async fn exchange(connection: &Connection, name: &str) -> Check {
 
 /// Messages ready and consumers of a queue, from a passive declare.
 #[derive(Debug, Clone, Copy)]
-struct Counts {
+pub(super) struct Counts {
     messages: u32,
     consumers: u32,
 }
 
 /// Looks a queue up; `None` when it does not exist.
-async fn passive(connection: &Connection, name: &str) -> Result<Option<Counts>, lapin::Error> {
+pub(super) async fn passive(connection: &Connection, name: &str) -> Result<Option<Counts>, lapin::Error> {
     let channel = connection.create_channel().await?;
     let options = QueueDeclareOptions { passive: true, ..Default::default() };
     match channel.queue_declare(name.into(), options, FieldTable::default()).await {

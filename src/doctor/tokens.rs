@@ -56,11 +56,16 @@ pub async fn check(config: &Config, connection: Option<&Connection>, options: Op
 }
 
 /// The broker's token store (whose stream must exist: doctor does not create it), or the
-/// token file of `send`; `None` when the broker was configured but not reached.
+/// token file of `send`; `None` when the broker was configured but not reached or has no
+/// token stream (the broker checks say so).
 async fn open(config: &Config, connection: Option<&Connection>) -> Result<Option<Shared>, Check> {
     match (&config.amqp, connection) {
         (Some(amqp), Some(connection)) => {
             let stream = broker::token_store::stream_name(&amqp.name_prefix);
+            // Starting a store declares its stream: look first, doctor creates nothing.
+            if !matches!(super::broker::passive(connection, &stream).await, Ok(Some(_))) {
+                return Ok(None);
+            }
             let store = broker::token_store::start(connection, &amqp.name_prefix)
                 .await
                 .map_err(|error| Check::fail("token", "store", format!("cannot read {stream}: {error}"), "see the broker checks"))?;
@@ -122,8 +127,9 @@ async fn fetch(
             &subject,
             "fetch",
             format!(
-                "ELS7001 issued a new token, valid until {} (Beijing), shared with the fleet: app_code and auth_code work",
-                beijing::format(token.expires_at)
+                "ELS7001 issued a new token, valid until {} (Beijing), now in {}: app_code and auth_code work",
+                beijing::format(token.expires_at),
+                shared.where_
             ),
         )
         .with("expires_at", token.expires_at.to_rfc3339()),
