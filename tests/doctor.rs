@@ -242,19 +242,29 @@ async fn the_last_accepted_upload_shows_in_the_metrics() {
     let vhost = unique_vhost("doctor-last-accepted");
     let code = sim.institution(0).code.clone();
     let config = config(&sim, "worker.toml", &worker_toml(vhost.url(), 100));
-    let worker = WorkerProcess::start(&config, "worker");
+    let mut worker = WorkerProcess::start(&config, "worker");
     let port = worker.http_port(Duration::from_secs(30));
     let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
     let amqp = Amqp::connect(vhost.url()).await;
     eventually("the worker's topology", Duration::from_secs(30), async || vhost.queue_counts("els.events").map(|_| ())).await;
     amqp.publish(&[event(Infno::Els7005, &code, Some(1), row(Infno::Els7005, "SILENCE-1", "1"))]).await;
-    let series = format!("els_last_accepted_upload_timestamp_seconds{{infno=\"ELS7005\",institution=\"{code}\"}} ");
-    let value = eventually("the gauge of the last accepted upload", Duration::from_secs(60), async || {
-        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
-        text.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
-    })
-    .await;
+    let value =
+        eventually("the gauge of the last accepted upload", Duration::from_secs(60), async || last_accepted(port, &code).await).await;
     let after = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
     assert!((before..=after).contains(&value), "{before} <= {value} <= {after}\n{}", worker.logs());
     assert_eq!(sim.records(&RecordFilter::default()).await.total, 1);
+
+    // A replica started later shows it too, from the receipts ledger, before any upload.
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
+    let later = WorkerProcess::start(&config, "later");
+    let port = later.http_port(Duration::from_secs(30));
+    let seen = eventually("the gauge on a restarted replica", Duration::from_secs(30), async || last_accepted(port, &code).await).await;
+    assert!((before..=after).contains(&seen), "{before} <= {seen} <= {after}\n{}", later.logs());
+}
+
+/// `els_last_accepted_upload_timestamp_seconds` of `code`'s ELS7005 on the worker at `port`.
+async fn last_accepted(port: u16, code: &str) -> Option<f64> {
+    let series = format!("els_last_accepted_upload_timestamp_seconds{{infno=\"ELS7005\",institution=\"{code}\"}} ");
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
 }

@@ -21,7 +21,7 @@
 //! | `els_institution_held` | gauge | `institution` | 1 while the institution's records are held (configuration problem or daily call limit), else 0 |
 //! | `els_deliveries_unsettled` | gauge | – | deliveries taken from the broker and not yet acked (waiting in a batch, uploading, or being moved) |
 //! | `els_consuming` | gauge | – | 1 while the worker consumes the work queue (what `/readyz` reports) |
-//! | `els_last_accepted_upload_timestamp_seconds` | gauge | `institution`, `infno` | when the platform last accepted an upload call of this institution and transaction (Unix time); no series before the first since the worker started |
+//! | `els_last_accepted_upload_timestamp_seconds` | gauge | `institution`, `infno` | when the platform last accepted an upload call of this institution and transaction (Unix time): this replica's calls, and the fleet's receipts in the ledger (its history at start-up included) |
 //! | `target_info` | gauge | resource attributes | the OpenTelemetry resource (`service_name`, ...) |
 //!
 //! Label values are bounded by the configuration: institution codes come from it (events
