@@ -268,3 +268,20 @@ async fn last_accepted(port: u16, code: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
 }
+
+#[tokio::test]
+async fn a_configuration_that_does_not_load_is_the_one_failed_check() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("no-such-secret");
+    let text = config_toml(&[sim.institution(0).clone()], &sim.interface_url(), &without_broker(dir.path()));
+    let secret = format!("csb_secret_key = {:?}", sim.institution(0).secret_key);
+    assert!(text.contains(&secret));
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, text.replace(&secret, &format!("csb_secret_key_file = {missing:?}"))).expect("write");
+    let report = doctor(&path, &[]).await;
+    assert_eq!(report.code, 2, "{}", report.text);
+    assert_eq!(report.failed(), ["\"configuration\": \"loads\""], "{}", report.text);
+    let detail = report.check("configuration", "loads")["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("csb_secret_key") && detail.contains("no-such-secret"), "{}", report.text);
+}

@@ -79,7 +79,10 @@ async fn check_node(amqp: &AmqpSettings, address: &Address, uri: AMQPUri) -> (Ve
     let mut checks = vec![Check::ok(&subject, "reachable", format!("TCP connection in {} ms", started.elapsed().as_millis()))];
     let tls = match connect::tls_config(amqp) {
         Ok(tls) => tls,
-        Err(error) => return (vec![Check::fail(&subject, "tls", error.to_string(), "fix amqp.ca_file")], None),
+        Err(error) => {
+            checks.push(Check::fail(&subject, "tls", error.to_string(), "fix amqp.ca_file"));
+            return (checks, None);
+        }
     };
     let info = match amqp_probe::server_info(uri.clone(), tls, timeout).await {
         Ok(info) => info,

@@ -27,7 +27,7 @@ struct Shared {
     store: Arc<dyn TokenStore>,
     where_: String,
     /// Held while the store is used (a local slot's lock file); a broker's is claimed on demand.
-    _local_slot: Option<MsgIdSlot>,
+    local_slot: Option<MsgIdSlot>,
 }
 
 /// The token of every institution.
@@ -69,14 +69,14 @@ async fn open(config: &Config, connection: Option<&Connection>) -> Result<Option
             let store = broker::token_store::start(connection, &amqp.name_prefix)
                 .await
                 .map_err(|error| Check::fail("token", "store", format!("cannot read {stream}: {error}"), "see the broker checks"))?;
-            Ok(Some(Shared { store, where_: format!("the fleet's stream {stream}"), _local_slot: None }))
+            Ok(Some(Shared { store, where_: format!("the fleet's stream {stream}"), local_slot: None }))
         }
         (Some(_), None) => Ok(None),
         (None, _) => {
             let path = config.platform.token_file.clone().unwrap_or_else(FileTokenStore::default_path);
             let slot = MsgIdSlot::claim_local(path.parent().unwrap_or(Path::new("."))).ok();
             let where_ = format!("send's token file {}", path.display());
-            Ok(Some(Shared { store: Arc::new(FileTokenStore::new(path, &config.platform.url)), where_, _local_slot: slot }))
+            Ok(Some(Shared { store: Arc::new(FileTokenStore::new(path, &config.platform.url)), where_, local_slot: slot }))
         }
     }
 }
@@ -101,7 +101,7 @@ async fn fetch(
     before: Option<Token>,
 ) -> Check {
     let subject = format!("token {}", institution.fixmedins_code);
-    let slot = match (connection, &config.amqp, &shared._local_slot) {
+    let slot = match (connection, &config.amqp, &shared.local_slot) {
         (Some(connection), Some(amqp), _) => match broker::claim_msgid_slot(connection, &amqp.name_prefix).await {
             Ok(slot) => slot,
             Err(error) => return Check::fail(&subject, "fetch", error.to_string(), "try again when a msgid slot is free"),
