@@ -1,6 +1,7 @@
 //! The broker's own introduction: the AMQP protocol header answered with
 //! `connection.start`, whose server properties name the product and version (lapin does
-//! not keep them). Nothing is authenticated; the socket is closed right after.
+//! not keep them). Nothing is authenticated; the socket is closed right after (the broker
+//! logs a connection closed during its handshake).
 
 use std::io::{self, Read, Write};
 use std::net::ToSocketAddrs;
