@@ -225,8 +225,8 @@ async fn a_broker_node_that_cannot_be_reached_is_named() {
     let sim = TestSimulator::builder().institutions(1).start();
     let vhost = unique_vhost("doctor-unreachable");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address");
-    let extra = format!("{}addresses = [\"{closed}\", \"{}\"]\n", worker_toml(vhost.url(), 100), common::broker::amqp_address());
-    let path = config(&sim, "nodes.toml", &extra.replacen("prefetch = 500\n", "prefetch = 500\nshuffle_addresses = false\n", 1));
+    let nodes = format!("prefetch = 500\nshuffle_addresses = false\naddresses = [\"{closed}\", \"{}\"]\n", common::broker::amqp_address());
+    let path = config(&sim, "nodes.toml", &worker_toml(vhost.url(), 100).replacen("prefetch = 500\n", &nodes, 1));
     let report = doctor(&path, &[]).await;
     assert_eq!(report.code, 1, "{}", report.text);
     let unreachable = report.check(&format!("broker {closed}"), "reachable");
