@@ -336,13 +336,12 @@ fn mismatch(check: &str, error: &lapin::Error) -> Check {
 /// policy says otherwise, which AMQP cannot show.
 fn without_delivery_limit(name: &str, info: &ServerInfo, vhost: &str) -> Check {
     let pattern = name.replace('.', "\\.");
-    let policy = format!(
-        "unless `rabbitmqctl list_queues -p {vhost} name policy effective_policy_definition` shows a delivery-limit for it, set one: \
-         rabbitmqctl set_policy -p {vhost} --apply-to queues --priority 1 els-delivery-limit '^{pattern}$' '{{\"delivery-limit\":{DELIVERY_LIMIT}}}' \
-         (fold it into an existing policy; README: RabbitMQ versions)"
+    let set_policy = format!(
+        "rabbitmqctl set_policy -p {vhost} --apply-to queues --priority 1 els-delivery-limit '^{pattern}$' \
+         '{{\"delivery-limit\":{DELIVERY_LIMIT}}}' (fold it into an existing policy; README: RabbitMQ versions)"
     );
     let check = format!("delivery limit {name}");
-    match info.major() {
+    let found = match info.major() {
         Some(major) if major >= 4 => Check::warn(
             "broker",
             &check,
@@ -351,15 +350,22 @@ fn without_delivery_limit(name: &str, info: &ServerInfo, vhost: &str) -> Check {
                  unless a policy sets delivery-limit (doctor cannot see policies over AMQP)",
                 info.version
             ),
-            policy,
+            format!(
+                "unless `rabbitmqctl list_queues -p {vhost} name policy effective_policy_definition` shows a delivery-limit for it, \
+                 set one: {set_policy}"
+            ),
         ),
         _ => Check::ok(
             "broker",
             &check,
-            format!("declared without x-delivery-limit by an earlier release; RabbitMQ {} has no default limit, 4.0 and later drop after 20 deliveries: {policy} before upgrading", info.version),
+            format!(
+                "declared without x-delivery-limit by an earlier release; RabbitMQ {} has no default limit, but 4.0 and later drop \
+                 a message after 20 deliveries: before upgrading, {set_policy}",
+                info.version
+            ),
         ),
-    }
-    .with("x_delivery_limit", false)
+    };
+    found.with("x_delivery_limit", false)
 }
 
 fn consumers(queue: &str, counts: Counts) -> Check {
