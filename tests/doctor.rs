@@ -285,3 +285,35 @@ async fn a_configuration_that_does_not_load_is_the_one_failed_check() {
     let detail = report.check("configuration", "loads")["detail"].as_str().unwrap_or_default().to_owned();
     assert!(detail.contains("csb_secret_key") && detail.contains("no-such-secret"), "{}", report.text);
 }
+
+#[tokio::test]
+async fn fetch_token_proves_the_credentials_when_there_is_no_token_and_names_a_wrong_auth_code() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let right = sim.institution(0).clone();
+    let mut wrong = right.clone();
+    wrong.auth_code = "not-the-auth-code".into();
+    let path = dir.path().join("wrong-auth.toml");
+    std::fs::write(&path, config_toml(&[wrong], &sim.interface_url(), &without_broker(dir.path()))).expect("write");
+    let report = doctor(&path, &["--fetch-token"]).await;
+    assert_eq!(report.code, 1, "{}", report.text);
+    let fetch = report.check(&format!("token {}", right.code), "fetch");
+    assert_eq!(fetch["status"], "fail", "{}", report.text);
+    assert!(fetch["fix"].as_str().unwrap_or_default().contains("auth_code"), "{}", report.text);
+    assert!(!report.text.contains("not-the-auth-code"), "{}", report.text);
+
+    let path = dir.path().join("right.toml");
+    std::fs::write(&path, config_toml(std::slice::from_ref(&right), &sim.interface_url(), &without_broker(dir.path()))).expect("write");
+    let report = doctor(&path, &["--fetch-token"]).await;
+    assert_eq!(report.code, 0, "{}", report.text);
+    assert!(report.check(&format!("token {}", right.code), "fetch")["detail"].as_str().unwrap_or_default().contains("issued a new token"));
+    assert_eq!(sim.counters().await.tokens_issued, 1);
+    // Run again: the token just fetched is used, no second call.
+    let report = doctor(&path, &["--fetch-token"]).await;
+    assert!(
+        report.check(&format!("token {}", right.code), "fetch")["detail"].as_str().unwrap_or_default().contains("no ELS7001 call"),
+        "{}",
+        report.text
+    );
+    assert_eq!(sim.counters().await.tokens_issued, 1);
+}

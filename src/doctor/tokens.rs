@@ -38,6 +38,16 @@ pub async fn check(config: &Config, connection: Option<&Connection>, options: Op
         Err(check) => return vec![check],
     };
     let mut checks = Vec::new();
+    let fetcher = match options.fetch_token {
+        true => match fetcher(config, connection, &shared).await {
+            Ok(tokens) => Some(tokens),
+            Err(check) => {
+                checks.push(check);
+                None
+            }
+        },
+        false => None,
+    };
     for institution in &config.institutions {
         let subject = format!("token {}", institution.fixmedins_code);
         let current = match shared.store.current(&institution.fixmedins_code).await {
@@ -48,8 +58,8 @@ pub async fn check(config: &Config, connection: Option<&Connection>, options: Op
             }
         };
         checks.push(current_token(&subject, current.as_ref(), &shared.where_, config));
-        if options.fetch_token {
-            checks.push(fetch(config, connection, &shared, institution, current).await);
+        if let Some(tokens) = &fetcher {
+            checks.push(fetch(tokens, &shared, institution, current).await);
         }
     }
     checks
@@ -92,28 +102,25 @@ fn current_token(subject: &str, current: Option<&Token>, where_: &str, config: &
     Check::ok(subject, "current", detail).with("expires_at", token.expires_at.to_rfc3339()).with("seconds_left", left.as_secs())
 }
 
-/// `--fetch-token`: the token a worker would use next, fetched only when a worker would.
-async fn fetch(
-    config: &Config,
-    connection: Option<&Connection>,
-    shared: &Shared,
-    institution: &Institution,
-    before: Option<Token>,
-) -> Check {
-    let subject = format!("token {}", institution.fixmedins_code);
+/// What `--fetch-token` gets tokens with: the fleet's rule and store, numbering its calls in
+/// one msgid slot of its own (claimed through the broker, or `send`'s local slot).
+async fn fetcher(config: &Config, connection: Option<&Connection>, shared: &Shared) -> Result<Tokens, Check> {
+    let failed = |detail: String, fix: &str| Check::fail("token", "fetch", detail, fix);
     let slot = match (connection, &config.amqp, &shared.local_slot) {
-        (Some(connection), Some(amqp), _) => match broker::claim_msgid_slot(connection, &amqp.name_prefix).await {
-            Ok(slot) => slot,
-            Err(error) => return Check::fail(&subject, "fetch", error.to_string(), "try again when a msgid slot is free"),
-        },
+        (Some(connection), Some(amqp), _) => broker::claim_msgid_slot(connection, &amqp.name_prefix)
+            .await
+            .map_err(|error| failed(error.to_string(), "try again when a msgid slot is free"))?,
         (_, _, Some(local)) => local.slot,
-        _ => return Check::fail(&subject, "fetch", "no msgid slot could be claimed", "try again"),
+        _ => return Err(failed("no msgid slot could be claimed".into(), "try again")),
     };
-    let client = match PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot))) {
-        Ok(client) => client,
-        Err(error) => return Check::fail(&subject, "fetch", error.to_string(), "fix platform.ca_file"),
-    };
-    let tokens = Tokens::new(Arc::clone(&shared.store), client, Duration::from_secs(config.platform.token_refresh_lead_secs));
+    let client = PlatformClient::new(&config.platform, Arc::new(MsgIds::new(slot)))
+        .map_err(|error| failed(error.to_string(), "fix platform.ca_file"))?;
+    Ok(Tokens::new(Arc::clone(&shared.store), client, Duration::from_secs(config.platform.token_refresh_lead_secs)))
+}
+
+/// `--fetch-token`: the token a worker would use next, fetched only when a worker would.
+async fn fetch(tokens: &Tokens, shared: &Shared, institution: &Institution, before: Option<Token>) -> Check {
+    let subject = format!("token {}", institution.fixmedins_code);
     match tokens.get(institution).await {
         Ok(token) if before.as_ref() == Some(&token) => Check::ok(
             &subject,
