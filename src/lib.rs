@@ -12,7 +12,8 @@
 //!    store, msgid slots), [`ledger`] (claims, receipts, index, report on the broker).
 //! 3. The flow: [`upload`] (one batch: token, split, bisect; [`upload::claimed`] under a
 //!    ledger claim), [`worker`] (consume → lanes → pipeline → settle), [`dlq`] (dead
-//!    letters: read, filter, count, replay).
+//!    letters: read, filter, count, replay), [`doctor`] (checks of an installation that
+//!    upload nothing).
 //! 4. [`commands`], the command line; [`simulator`] plays the provincial platform.
 
 pub mod beijing;
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod contract;
 pub mod dlq;
+pub mod doctor;
 pub mod event;
 pub mod input;
 pub mod ledger;

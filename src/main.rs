@@ -31,6 +31,8 @@ enum Command {
     Dlq(commands::dlq::DlqArgs),
     /// Run the provincial platform simulator.
     Simulate(commands::simulate::SimulateArgs),
+    /// Check an installation (configuration, broker, platform, TLS, clock, tokens) without uploading.
+    Doctor(commands::doctor::DoctorArgs),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(commands::completions::CompletionsArgs),
     /// Write the manual pages into a folder.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => commands::publish::run(args).await,
             Command::Dlq(args) => commands::dlq::run(args).await,
             Command::Simulate(args) => commands::simulate::run(args).await,
+            Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Completions(args) => commands::completions::run(args, Cli::command()),
             Command::Man(args) => commands::man::run(args, Cli::command()),
         }

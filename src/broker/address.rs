@@ -40,6 +40,11 @@ pub enum AddressError {
 }
 
 impl Address {
+    /// The node at `host` (an IPv6 address without brackets) and `port`.
+    pub fn new(host: &str, port: u16) -> Address {
+        Address { host: host.to_owned(), port: Some(port) }
+    }
+
     /// The host, as the TCP connection and the TLS server name check use it (IPv6
     /// without brackets).
     pub fn host(&self) -> &str {

@@ -85,6 +85,23 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
     Err(BrokerError::NoAddressAnswered(AddressFailures(failures)))
 }
 
+/// Every node a connection may go to, as listed in `amqp.addresses` (or `amqp.url`'s host
+/// alone), each with the URL that reaches it: for checking the nodes one by one.
+pub fn nodes(settings: &AmqpSettings) -> Result<Vec<(Address, AMQPUri)>, BrokerError> {
+    let uri = url(settings)?;
+    if settings.addresses.is_empty() {
+        let address = Address::new(&uri.authority.host, uri.authority.port);
+        return Ok(vec![(address, uri)]);
+    }
+    Ok(settings.addresses.iter().map(|address| target(&uri, address)).collect())
+}
+
+/// Opens a connection to the one node `uri` (see [`nodes`]), within
+/// `amqp.connect_timeout_secs`.
+pub async fn connect_node(settings: &AmqpSettings, uri: AMQPUri, name: &str) -> Result<Connection, BrokerError> {
+    open(uri, settings, name, tls_config(settings)?).await
+}
+
 /// Where in this process's order the next connection starts (see the module doc).
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -124,7 +141,7 @@ fn log_connected(address: &Address, failures: &[AddressFailure]) {
 }
 
 /// The TLS settings: the private CA of `amqp.ca_file`, if any.
-fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, BrokerError> {
+pub fn tls_config(settings: &AmqpSettings) -> Result<OwnedTLSConfig, BrokerError> {
     let mut tls = OwnedTLSConfig::default();
     if let Some(path) = &settings.ca_file {
         let pem = std::fs::read_to_string(path).map_err(|source| BrokerError::CaFile { path: path.display().to_string(), source })?;

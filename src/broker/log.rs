@@ -248,15 +248,20 @@ fn entry_properties(id: &str) -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2).with_message_id(id.into())
 }
 
+/// The arguments a log's stream is declared with, for a retention of `max_age` (e.g. `2D`).
+pub fn stream_arguments(max_age: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
+    arguments.insert("x-max-age".into(), AMQPValue::LongString(max_age.into()));
+    arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
+    arguments
+}
+
 /// Declares the stream on a channel of its own and consumes it from `replay_from`.
 async fn consume(connection: &Connection, settings: &LogSettings) -> Result<(Channel, Consumer), lapin::Error> {
     let mut channel = connection.create_channel().await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-    arguments.insert("x-max-age".into(), AMQPValue::LongString(settings.max_age.as_str().into()));
-    arguments.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongLongInt(SEGMENT_BYTES));
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    if let Err(error) = channel.queue_declare(settings.name.as_str().into(), durable, arguments).await {
+    if let Err(error) = channel.queue_declare(settings.name.as_str().into(), durable, stream_arguments(&settings.max_age)).await {
         let Some(argument) = other_argument(&error) else { return Err(error) };
         // Created with another retention (a setting changed since): use it as it is. The
         // refusal closed the channel.

@@ -135,7 +135,7 @@ use crate::platform::token::{RefreshLock, StoreError, Token, TokenStore};
 /// How far back a starting store replays the log; also the stream's `x-max-age`.
 pub const HISTORY: Duration = Duration::from_secs(2 * 24 * 3600);
 /// `x-max-age` of the stream, the same as [`HISTORY`].
-const MAX_AGE: &str = "2D";
+pub const MAX_AGE: &str = "2D";
 /// Unacknowledged lock messages per lock consumer (surplus probes are acknowledged).
 const LOCK_PREFETCH: u16 = 100;
 /// A lock queue without consumers is deleted by the broker after this long.

@@ -124,14 +124,27 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for step in &self.delay_steps_ms {
-            let mut arguments = self.back_to_work();
-            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*step as i64));
-            declare_quorum(&channel, &self.step_queue(*step), arguments).await?;
+        for (name, arguments) in self.delay_queues() {
+            declare_quorum(&channel, &name, arguments).await?;
         }
-        declare_quorum(&channel, &self.long_delay_queue(), self.back_to_work()).await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(declared)
+    }
+
+    /// The delay queues (every step, then the long-wait queue), each with the arguments it
+    /// is declared with (`x-queue-type` aside, see [`quorum_arguments`]).
+    pub fn delay_queues(&self) -> Vec<(String, FieldTable)> {
+        let mut queues: Vec<(String, FieldTable)> = self
+            .delay_steps_ms
+            .iter()
+            .map(|step| {
+                let mut arguments = self.back_to_work();
+                arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*step as i64));
+                (self.step_queue(*step), arguments)
+            })
+            .collect();
+        queues.push((self.long_delay_queue(), self.back_to_work()));
+        queues
     }
 
     /// Arguments that send expired messages back to the work queue, at least once.
@@ -150,9 +163,7 @@ impl Topology {
 /// since the refusal closed the first).
 async fn declare_with_delivery_limit(connection: &Connection, name: &str) -> Result<bool, BrokerError> {
     let channel = connection.create_channel().await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    match declare_quorum(&channel, name, arguments).await {
+    match declare_quorum(&channel, name, delivery_limit_arguments()).await {
         Ok(()) => {
             let _ = channel.close(200, "declared".into()).await;
             Ok(true)
@@ -168,17 +179,30 @@ async fn declare_with_delivery_limit(connection: &Connection, name: &str) -> Res
 }
 
 /// Whether the broker refused a declare because the queue exists without `x-delivery-limit`.
-fn lacks_delivery_limit(error: &lapin::Error) -> bool {
+pub fn lacks_delivery_limit(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e)
         if e.get_id() == AMQPSoftError::PRECONDITIONFAILED.get_id()
             && e.get_message().as_str().contains("inequivalent arg 'x-delivery-limit'")
             && e.get_message().as_str().contains("current is none"))
 }
 
-async fn declare_quorum(channel: &Channel, name: &str, mut arguments: FieldTable) -> Result<(), BrokerError> {
+/// The arguments of the work and dead-letter queues: [`DELIVERY_LIMIT`] (`x-queue-type`
+/// aside, see [`quorum_arguments`]).
+pub fn delivery_limit_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    arguments
+}
+
+/// `arguments` with `x-queue-type` = `quorum`, as every queue of the topology is declared.
+pub fn quorum_arguments(mut arguments: FieldTable) -> FieldTable {
     arguments.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+    arguments
+}
+
+async fn declare_quorum(channel: &Channel, name: &str, arguments: FieldTable) -> Result<(), BrokerError> {
     let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(name.into(), options, arguments).await?;
+    channel.queue_declare(name.into(), options, quorum_arguments(arguments)).await?;
     Ok(())
 }
 

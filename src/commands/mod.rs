@@ -6,6 +6,7 @@
 pub(crate) mod common;
 pub mod completions;
 pub mod dlq;
+pub mod doctor;
 pub mod man;
 pub mod publish;
 pub mod report;

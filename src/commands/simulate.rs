@@ -54,6 +54,11 @@ pub struct SimulateArgs {
     /// per 100-row call).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub call_log_capacity: u32,
+    /// Runs the platform's clock this many seconds ahead of the host's (negative: behind):
+    /// what the gateway checks `_api_timestamp` against, the reply times and the `Date`
+    /// header. For testing a host whose clock is off (`els-bridge doctor`).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-86_400..=86_400))]
+    pub clock_offset_secs: i32,
 }
 
 impl SimulateArgs {
@@ -65,6 +70,7 @@ impl SimulateArgs {
             timestamp_tolerance: TimeDelta::seconds(self.timestamp_tolerance_secs.into()),
             max_rows: self.max_rows as usize,
             call_log_capacity: self.call_log_capacity as usize,
+            clock_offset: TimeDelta::seconds(self.clock_offset_secs.into()),
         }
     }
 }

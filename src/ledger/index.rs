@@ -178,6 +178,9 @@ impl Index {
                 self.claims.insert(id, ActiveClaim { seq: self.seq, seen: Instant::now(), holder, keys });
             }
             Entry::Receipt(receipt) => {
+                // Every replica follows the fleet's receipts, the history included: the
+                // gauge shows the fleet's last acceptance, also right after a restart.
+                crate::telemetry::metrics::last_accepted(&receipt.institution, receipt.infno, receipt.at.into());
                 for row in &receipt.rows {
                     self.accepted_row(key_id(&receipt.institution, receipt.infno, &row.key), row);
                 }

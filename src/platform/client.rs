@@ -41,6 +41,24 @@ struct UploadInput<'a, R> {
     data: Vec<R>,
 }
 
+/// The HTTP client settings of every request to the platform: its time limits and the
+/// private CA of `platform.ca_file`, if any.
+pub fn http_builder(settings: &PlatformSettings) -> Result<reqwest::ClientBuilder, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .timeout(Duration::from_millis(settings.timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("els-bridge/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &settings.ca_file {
+        let ca_error = |reason: String| ClientError::CaFile { path: path.display().to_string(), reason };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder)
+}
+
 /// Sends signed requests to the platform; cheap to clone and share.
 #[derive(Debug, Clone)]
 pub struct PlatformClient {
@@ -53,20 +71,8 @@ pub struct PlatformClient {
 impl PlatformClient {
     /// A client for `settings`, numbering messages with `msgids`.
     pub fn new(settings: &PlatformSettings, msgids: Arc<MsgIds>) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("els-bridge/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &settings.ca_file {
-            let ca_error = |reason: String| ClientError::CaFile { path: path.display().to_string(), reason };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))? {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
         Ok(PlatformClient {
-            http: builder.build()?,
+            http: http_builder(settings)?.build()?,
             url: settings.url.clone(),
             decimals_as_numbers: settings.decimal_format == DecimalFormat::Number,
             msgids,

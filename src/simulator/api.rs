@@ -301,6 +301,9 @@ pub struct SettingsView {
     pub max_rows: usize,
     /// Calls kept in the call log.
     pub call_log_capacity: usize,
+    /// How far the platform's clock is from the host's, seconds (positive: ahead).
+    #[serde(default)]
+    pub clock_offset_secs: i64,
     /// The configured institutions.
     pub institutions: Vec<String>,
 }

@@ -30,7 +30,7 @@ pub const PATH: &str = "/api/commonInterfaca";
 
 /// Handles a call to the interface.
 pub async fn interface(State(sim): State<Arc<Simulator>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let received = Utc::now();
+    let received = sim.now();
     let plan = sim.faults.plan(received);
     sim.pause(plan.delay).await;
     let body = Body::parse(&bytes);
@@ -66,7 +66,7 @@ fn injected_error(sim: &Simulator, answer: ErrorAnswer, received: DateTime<Utc>,
         }
         ErrorAnswer::ReturnCode(code) => {
             call.return_code = Some(code);
-            Answer::code(ReturnCode(code)).into_response(sim.refmsgids.next(received), received)
+            Answer::code(ReturnCode(code)).into_response(sim.refmsgids.next(received), received, sim.settings.clock_offset)
         }
     }
 }
@@ -91,12 +91,12 @@ async fn lose_answer(sim: &Simulator, mut call: CallView, mode: TimeoutMode, han
 
 /// Answers any other path with returnCode 2, as the platform does.
 pub async fn wrong_path(State(sim): State<Arc<Simulator>>, uri: Uri) -> Response {
-    let received = Utc::now();
+    let received = sim.now();
     let mut call = new_call(uri.path(), received, None);
     call.return_code = Some(ReturnCode::WRONG_PATH.0);
     call.http_status = Some(StatusCode::OK.as_u16());
     log(&sim, call);
-    Answer::code(ReturnCode::WRONG_PATH).into_response(sim.refmsgids.next(received), received)
+    Answer::code(ReturnCode::WRONG_PATH).into_response(sim.refmsgids.next(received), received, sim.settings.clock_offset)
 }
 
 /// The platform proper, behind the gateway: synchronous, with short-held locks only.
@@ -125,7 +125,7 @@ fn platform(
     };
     call.return_code = Some(handled.answer.code.0);
     call.fault = handled.fault;
-    handled.answer.into_response(sim.refmsgids.next(received), received)
+    handled.answer.into_response(sim.refmsgids.next(received), received, sim.settings.clock_offset)
 }
 
 /// A call log entry for a call arriving at `received`, with what its body says.

@@ -25,6 +25,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::DATE;
+use axum::response::Response;
 use axum::routing::post;
 use chrono::TimeDelta;
 use tokio::net::TcpListener;
@@ -46,6 +50,9 @@ pub struct Settings {
     pub max_rows: usize,
     /// Calls kept in the call log.
     pub call_log_capacity: usize,
+    /// How far the platform's clock is from this host's (positive: ahead): what it checks
+    /// `_api_timestamp` against, stamps its replies with and sends as the `Date` header.
+    pub clock_offset: TimeDelta,
 }
 
 impl Default for Settings {
@@ -57,6 +64,7 @@ impl Default for Settings {
             timestamp_tolerance: TimeDelta::minutes(15),
             max_rows: 100,
             call_log_capacity: 10_000,
+            clock_offset: TimeDelta::zero(),
         }
     }
 }
@@ -67,7 +75,18 @@ pub fn router(sim: Arc<Simulator>) -> Router {
         .route(interface::PATH, post(interface::interface))
         .nest("/admin", admin::routes())
         .fallback(interface::wrong_path)
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&sim), date_header))
         .with_state(sim)
+}
+
+/// Sets the `Date` header from the platform's clock (see [`Settings::clock_offset`]);
+/// hyper adds one from the host's clock only when there is none.
+async fn date_header(State(sim): State<Arc<Simulator>>, mut response: Response) -> Response {
+    let date = sim.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(value) = HeaderValue::from_str(&date) {
+        response.headers_mut().insert(DATE, value);
+    }
+    response
 }
 
 /// Serves `sim` on `listener` until `shutdown` completes; then hung calls are cut short and

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::beijing;
@@ -102,8 +102,9 @@ impl Answer {
 
     /// The HTTP 200 reply: `infcode` "0" only for returnCode 1, codes as JSON strings like
     /// the official sample, times as `yyyyMMddHHmmssSSS` (Beijing), `err_msg` repeating the
-    /// message of a failure.
-    pub fn into_response(self, inf_refmsgid: String, received: DateTime<Utc>) -> Response {
+    /// message of a failure; `clock_offset` is the platform clock's (see
+    /// [`Settings::clock_offset`](super::Settings::clock_offset)).
+    pub fn into_response(self, inf_refmsgid: String, received: DateTime<Utc>, clock_offset: TimeDelta) -> Response {
         let success = self.code == ReturnCode::SUCCESS;
         let message = self.code.message();
         let mut data = Map::new();
@@ -114,7 +115,7 @@ impl Answer {
             "infcode": if success { "0" } else { "-1" },
             "inf_refmsgid": inf_refmsgid,
             "refmsg_time": stamp(received),
-            "respond_time": stamp(Utc::now()),
+            "respond_time": stamp(Utc::now() + clock_offset),
             "err_msg": if success { "" } else { message },
             "output": {"data": data},
         });

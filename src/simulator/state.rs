@@ -67,6 +67,11 @@ impl Simulator {
         self.limits.clear();
     }
 
+    /// The platform's clock: this host's, shifted by [`Settings::clock_offset`].
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.settings.clock_offset
+    }
+
     /// Waits `duration`, or less if the simulator shuts down meanwhile.
     pub async fn pause(&self, duration: Duration) {
         if !duration.is_zero() {
@@ -100,6 +105,7 @@ impl Simulator {
             timestamp_tolerance_secs: secs(s.timestamp_tolerance),
             max_rows: s.max_rows,
             call_log_capacity: s.call_log_capacity,
+            clock_offset_secs: s.clock_offset.num_seconds(),
             institutions: self.institutions.clone(),
         }
     }

@@ -21,18 +21,20 @@
 //! | `els_institution_held` | gauge | `institution` | 1 while the institution's records are held (configuration problem or daily call limit), else 0 |
 //! | `els_deliveries_unsettled` | gauge | – | deliveries taken from the broker and not yet acked (waiting in a batch, uploading, or being moved) |
 //! | `els_consuming` | gauge | – | 1 while the worker consumes the work queue (what `/readyz` reports) |
+//! | `els_last_accepted_upload_timestamp_seconds` | gauge | `institution`, `infno` | when the platform last accepted an upload call of this institution and transaction (Unix time): this replica's calls, and the fleet's receipts in the ledger (its history at start-up included) |
 //! | `target_info` | gauge | resource attributes | the OpenTelemetry resource (`service_name`, ...) |
 //!
 //! Label values are bounded by the configuration: institution codes come from it (events
 //! naming another code count as `unknown`), transaction codes from the spec. No msgid, key,
 //! token or secret is ever a label.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{LazyLock, OnceLock, RwLock};
-use std::time::Instant;
+use std::sync::{LazyLock, Mutex, OnceLock, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, ObservableGauge, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _, ObservableGauge, UpDownCounter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -144,6 +146,7 @@ struct Instruments {
     token_refreshes: Counter<u64>,
     retries: Counter<u64>,
     dead_letters: Counter<u64>,
+    last_accepted: Gauge<f64>,
     _held: ObservableGauge<u64>,
     _unsettled: ObservableGauge<u64>,
     _consuming: ObservableGauge<u64>,
@@ -195,6 +198,11 @@ impl Instruments {
                 .u64_counter("els.dead_letters")
                 .with_unit("{message}")
                 .with_description("Messages moved to the dead-letter queue, by reason")
+                .build(),
+            last_accepted: meter
+                .f64_gauge("els.last_accepted_upload.timestamp")
+                .with_unit("s")
+                .with_description("When the platform last accepted an upload call of the institution and transaction (Unix time)")
                 .build(),
             _held: meter
                 .u64_observable_gauge("els.institution.held")
@@ -267,6 +275,24 @@ pub fn watch(
 pub fn accepted(code: &str, transaction: Infno, uploaded: usize, superseded: usize) {
     add_records(code, transaction, RecordOutcome::Uploaded, uploaded);
     add_records(code, transaction, RecordOutcome::Superseded, superseded);
+    last_accepted(code, transaction, SystemTime::now());
+}
+
+/// The latest acceptance recorded per (institution, transaction): the gauge only moves
+/// forward, whatever order its sources report in.
+static LAST_ACCEPTED: Mutex<BTreeMap<(String, Infno), f64>> = Mutex::new(BTreeMap::new());
+
+/// The platform accepted an upload call of the institution's `transaction` at `at`
+/// (`els_last_accepted_upload_timestamp_seconds`; an earlier time than the one shown is
+/// ignored).
+pub fn last_accepted(code: &str, transaction: Infno, at: SystemTime) {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64());
+    let mut latest = LAST_ACCEPTED.lock().unwrap_or_else(|e| e.into_inner());
+    let shown = latest.entry((code.to_owned(), transaction)).or_insert(f64::MIN);
+    if secs > *shown {
+        *shown = secs;
+        INSTRUMENTS.last_accepted.record(secs, &[institution(code), infno(transaction)]);
+    }
 }
 
 /// `count` events of the institution's `transaction` settled as superseded.
@@ -409,5 +435,18 @@ mod tests {
         assert!(text.contains(r#"els_uploads_in_flight{institution="H00000000001"} 0"#), "{text}");
         assert!(text.contains(r#"els_dead_letters_total{reason="invalid"}"#), "{text}");
         assert!(!text.contains("otel_scope"), "{text}");
+    }
+
+    #[test]
+    fn the_last_accepted_upload_is_a_timestamp_that_only_moves_forward() {
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000);
+        last_accepted("H00000000002", Infno::Els7003, at);
+        last_accepted("H00000000002", Infno::Els7003, at - std::time::Duration::from_secs(60));
+        let text = render();
+        assert!(text.contains("# TYPE els_last_accepted_upload_timestamp_seconds gauge"), "{text}");
+        assert!(
+            text.contains(r#"els_last_accepted_upload_timestamp_seconds{infno="ELS7003",institution="H00000000002"} 1790000000"#),
+            "{text}"
+        );
     }
 }
