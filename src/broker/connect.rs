@@ -183,6 +183,16 @@ async fn open(uri: AMQPUri, settings: &AmqpSettings, name: &str, tls: OwnedTLSCo
     }
 }
 
+/// How long closing a connection may take: lapin can fail to complete a close that races
+/// its own close of dropped channels, and the broker cleans up when the socket goes anyway.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `connection` with `reason`, waiting at most [`CLOSE_TIMEOUT`] (a close that never
+/// completes once hung `send` after its work was done).
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

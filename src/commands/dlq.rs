@@ -33,9 +33,6 @@ use crate::spec::Infno;
 /// past which the broker drops it from a queue that has no higher limit: warn.
 const MANY_READS: i64 = 15;
 
-/// How long closing the connection may take.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Options of `els-bridge dlq`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Reading never removes or reorders anything; only `replay` (without --dry-run) moves messages.\n\
@@ -241,7 +238,7 @@ impl Session {
 
     async fn close(self) {
         // lapin can fail to complete a close; the broker cleans up either way.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "done".into())).await;
+        broker::close(&self.connection, "done").await;
     }
 }
 

@@ -175,7 +175,7 @@ impl<'a> Publishing<'a> {
     async fn connect(&mut self) -> Result<(), Stop> {
         if let Some(old) = self.connection.take() {
             self.channel = None;
-            let _ = tokio::time::timeout(Duration::from_secs(5), old.close(200, "reconnecting".into())).await;
+            broker::close(&old, "reconnecting").await;
         }
         let started = Instant::now();
         let backoff = Backoff::new(&RECONNECT_BACKOFF);
@@ -309,7 +309,7 @@ impl<'a> Publishing<'a> {
     async fn close(self) {
         if let Some(connection) = self.connection {
             // lapin can fail to complete a close; everything was confirmed or reported.
-            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "done".into())).await;
+            broker::close(&connection, "done").await;
         }
     }
 }

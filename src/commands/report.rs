@@ -157,7 +157,7 @@ async fn read_ledger<F: Fold<Change = ledger::Entry>, R>(
     progress.finish_and_clear();
     let result = log.read(|counted| finish(&counted.fold))?;
     drop(log);
-    let _ = connection.close(200, "done".into()).await;
+    broker::close(&connection, "done").await;
     Ok(result)
 }
 

@@ -265,7 +265,7 @@ impl SharedState {
         match self.holder {
             SlotHolder::Local(slot) => drop(slot),
             SlotHolder::Broker(connection) => {
-                let _ = connection.close(200, "done".into()).await;
+                broker::close(&connection, "done").await;
             }
         }
     }

@@ -57,7 +57,7 @@ pub async fn check(config: &Config) -> BrokerChecks {
         match (connected, &first) {
             (Some((connection, info)), None) => first = Some((connection, info, uri)),
             (Some((connection, _)), Some(_)) => {
-                let _ = connection.close(200, "doctor done".into()).await;
+                crate::broker::close(&connection, "doctor done").await;
             }
             (None, _) => {}
         }

@@ -117,7 +117,7 @@ pub async fn run(config: &Config, options: Options) -> Vec<Check> {
     checks.extend(platform::check(config).await);
     checks.extend(tokens::check(config, broker.connection.as_ref(), options).await);
     if let Some(connection) = broker.connection {
-        let _ = connection.close(200, "doctor done".into()).await;
+        crate::broker::close(&connection, "doctor done").await;
     }
     checks
 }

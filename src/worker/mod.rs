@@ -35,8 +35,6 @@ use pipeline::Pipeline;
 use session::{Session, SessionEnd};
 use settle::Settler;
 
-/// How long closing the connection may take before the worker gives up on it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the HTTP endpoint may take to finish the requests under way after the drain.
 const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the reconnect backoff.
@@ -195,7 +193,7 @@ async fn connect_and_run(
     if connection.status().connected() {
         // lapin can fail to complete a close that races the automatic close of dropped
         // channels; the broker requeues whatever is unacked either way.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "bye".into())).await;
+        broker::close(&connection, "bye").await;
     }
     result
 }
