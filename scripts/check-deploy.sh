@@ -28,6 +28,9 @@
 # 4b. the values reference in charts/els-bridge/README.md is what
 #    scripts/chart_values_reference.py generates from values.yaml's `# --` comments;
 # 5. deploy/compose/sample-day.jsonl is what scripts/sample_day.py generates;
+# 5b. the Chinese operator's guide (docs/zh-CN/README.md) names every configuration key,
+#    subcommand and metric that README names, and none that README does not
+#    (scripts/check_zh_docs.py);
 # 6. with an els-bridge binary ($ELS_BRIDGE_BIN, else target/debug/els-bridge, else
 #    target/release/els-bridge): the sample day validates except exactly its broken-on-
 #    purpose lines, README's quick start (examples/) validates, and every configuration
@@ -322,6 +325,10 @@ if python3 scripts/sample_day.py | cmp -s - deploy/compose/sample-day.jsonl; the
 else
     bad "deploy/compose/sample-day.jsonl differs from scripts/sample_day.py's output (regenerate: python3 scripts/sample_day.py > deploy/compose/sample-day.jsonl)"
 fi
+
+# --- 5b. the Chinese guide ----------------------------------------------------------------
+step "docs/zh-CN/README.md names README's configuration keys, subcommands and metrics, and no others"
+if out=$(python3 scripts/check_zh_docs.py 2>&1); then ok "$out"; else printf '%s\n' "$out" >&2; bad "docs/zh-CN/README.md and README.md differ (see above)"; fi
 
 # --- 6. with the binary ------------------------------------------------------------------
 bin=${ELS_BRIDGE_BIN:-}

@@ -6,7 +6,7 @@
 //! 1. Vocabulary, no I/O: [`beijing`] (time), [`spec`] (what a valid record is),
 //!    [`input`] and [`event`] (what arrives: lines, events), [`contract`] (contract §2 on
 //!    the wire), [`config`], [`retry`] (backoff), [`telemetry`] (logs, metrics, traces;
-//!    takes plain values).
+//!    takes plain values), [`sheet_lang`] (CSV headers in English or Chinese).
 //! 2. Outside systems: [`platform`] (envelope, signature, client, classified answers,
 //!    tokens), [`broker`] (connection, topology, confirmed publishing, stream logs, token
 //!    store, msgid slots), [`ledger`] (claims, receipts, index, report on the broker).
@@ -28,6 +28,7 @@ pub mod input;
 pub mod ledger;
 pub mod platform;
 pub mod retry;
+pub mod sheet_lang;
 pub mod simulator;
 pub mod spec;
 pub mod telemetry;

@@ -620,6 +620,13 @@ async fn stats_by_groups_a_mix_of_refusals_and_peek_csv_parses() {
     assert_eq!(gone.len(), 2);
     assert!(gone.iter().all(|r| r["return_code"] == "15" && r["meaning"] == "data not found" && r["reason"] == "rejected"));
     assert!(String::from_utf8_lossy(&output.stderr).contains("5 shown of 5 matching"), "{}", show(&output));
+    // --lang zh-CN: the purchasing office's sheet under Chinese column headers, same rows.
+    let chinese = els(&["dlq", "peek", "--csv", "--lang", "zh-CN"], &config);
+    assert!(chinese.status.success(), "{}", show(&chinese));
+    let mut reader = csv::Reader::from_reader(chinese.stdout.as_slice());
+    let header: Vec<String> = reader.headers().expect("a header").iter().map(str::to_owned).collect();
+    assert_eq!(header[..4], ["消息ID", "死信原因", "返回码", "返回码含义"], "{header:?}");
+    assert_eq!(reader.records().count(), 5);
     vhost.wait_for_counts("els.dead", QueueCounts::new(5, 0), Duration::from_secs(10));
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
     amqp.close().await;

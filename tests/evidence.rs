@@ -83,6 +83,12 @@ async fn report_key_shows_both_uploads_of_a_corrected_record_and_records_lists_t
         assert_eq!(r["msgid"], records[&r["key"]].msgid);
         assert_eq!((r["price"].as_str(), r["movement_time"].as_str()), ("12.34", "2026-11-25 09:30:00"));
     }
+    // --lang zh-CN: the same sheet under Chinese column headers, for the finance office.
+    let chinese = report(&config, &["--records", "--from", "2026-11-25", "--csv", "--lang", "zh-CN"]);
+    assert!(chinese.status.success(), "{}", String::from_utf8_lossy(&chinese.stderr));
+    let (header, body) = stdout(&chinese).split_once('\n').map(|(h, b)| (h.to_owned(), b.to_owned())).expect("a header line");
+    assert_eq!(header, "机构编码,交易号,记录键,版本,数量,单价,出入库时间,报文ID,平台接受时间（北京时间）,上传次数");
+    assert_eq!(Some(body.as_str()), stdout(&output).split_once('\n').map(|(_, b)| b), "only the header differs");
     let table = report(&config, &["--records", "--from", "2026-11-25"]);
     assert!(stdout(&table).contains("2 records"), "{}", stdout(&table));
     assert!(worker.terminate(Duration::from_secs(30)).success());

@@ -27,6 +27,7 @@ use crate::dlq::replay::{Outcome, republish};
 use crate::dlq::sheet::Sheet;
 use crate::dlq::triage::{By, Triage};
 use crate::dlq::{DeadLetter, Filter, Reader, Reason, Replayer, Stats};
+use crate::sheet_lang::Lang;
 use crate::spec::Infno;
 
 /// A message read this often is close to the default `delivery-limit` of RabbitMQ 4 (20),
@@ -141,6 +142,9 @@ struct PeekArgs {
     /// Print CSV for a spreadsheet (the summary goes to standard error).
     #[arg(long)]
     csv: bool,
+    /// Language of the CSV's column headers: en (README's names) or zh-CN (Chinese, for the purchasing office).
+    #[arg(long, value_enum, default_value = "en", requires = "csv")]
+    lang: Lang,
 }
 
 /// How `dlq peek` prints what it shows.
@@ -154,7 +158,7 @@ impl Shown<'_> {
     fn of(args: &PeekArgs) -> Self {
         let out = std::io::stdout().lock();
         if args.csv {
-            Shown::Csv(Box::new(Sheet::new(out)))
+            Shown::Csv(Box::new(Sheet::in_lang(out, args.lang)))
         } else if args.json {
             Shown::Json(out)
         } else {

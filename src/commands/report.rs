@@ -17,6 +17,7 @@ use crate::broker::{self, log::Fold, log::StreamLog};
 use crate::config::Config;
 use crate::input::{Format, Lines};
 use crate::ledger::{self, history, reconcile, records, report};
+use crate::sheet_lang::Lang;
 use crate::spec::{Infno, Record};
 
 /// Options of `els-bridge report`.
@@ -51,6 +52,9 @@ pub struct ReportArgs {
     /// CSV for spreadsheets instead of a table.
     #[arg(long)]
     csv: bool,
+    /// Language of the CSV's column headers: en (README's names) or zh-CN (Chinese, for the finance office).
+    #[arg(long, value_enum, default_value = "en", requires = "csv")]
+    lang: Lang,
     /// Show every claim and receipt of this record key.
     #[arg(long, value_name = "KEY", conflicts_with_all = ["records", "against", "to", "csv"])]
     key: Option<String>,
@@ -114,7 +118,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<u8> {
     let lines = read_ledger(&config, start_of(days.from), tally, report::Tally::lines).await?;
     let mut out = std::io::stdout().lock();
     if args.csv {
-        out.write_all(report::csv(&lines)?.as_bytes())?;
+        out.write_all(args.lang.header_of(report::csv(&lines)?).as_bytes())?;
     } else {
         writeln!(out, "Reported to the platform for movements of {} (Beijing time)", days.describe())?;
         out.write_all(report::table(&lines).as_bytes())?;
@@ -181,7 +185,7 @@ async fn record_list(config: &Config, args: &ReportArgs, days: &Days) -> anyhow:
     let moved = read_ledger(config, start_of(days.from), latest, |latest| latest.moved(days.from, days.to, args.infno)).await?;
     let mut out = std::io::stdout().lock();
     if args.csv {
-        out.write_all(records::csv(&moved)?.as_bytes())?;
+        out.write_all(args.lang.header_of(records::csv(&moved)?).as_bytes())?;
     } else {
         writeln!(out, "Records as the platform holds them, movements of {} (Beijing time)", days.describe())?;
         out.write_all(records::table(&moved).as_bytes())?;
@@ -198,7 +202,7 @@ async fn against(config: &Config, args: &ReportArgs, days: &Days, file: &Path) -
     let result = read_ledger(config, start_of(days.from), latest, compare).await?;
     let mut out = std::io::stdout().lock();
     if args.csv {
-        out.write_all(reconcile::csv(&result.lines)?.as_bytes())?;
+        out.write_all(args.lang.header_of(reconcile::csv(&result.lines)?).as_bytes())?;
         eprintln!("{}", result.summary());
     } else {
         writeln!(

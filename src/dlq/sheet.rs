@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::letter::DeadLetter;
 use crate::beijing;
 use crate::platform::outcome::meaning;
+use crate::sheet_lang::Lang;
 
 /// One row of the sheet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,16 +82,30 @@ impl SheetRow {
 pub struct Sheet<W: std::io::Write> {
     writer: csv::Writer<W>,
     rows: u64,
+    lang: Lang,
 }
 
 impl<W: std::io::Write> Sheet<W> {
-    /// A sheet writing to `out`.
+    /// A sheet writing to `out`, with README's column names.
     pub fn new(out: W) -> Self {
-        Sheet { writer: csv::Writer::from_writer(out), rows: 0 }
+        Self::in_lang(out, Lang::En)
     }
 
-    /// Writes the row of `letter`.
+    /// A sheet writing to `out`, its header line in `lang`.
+    pub fn in_lang(out: W, lang: Lang) -> Self {
+        Sheet { writer: csv::WriterBuilder::new().has_headers(false).from_writer(out), rows: 0, lang }
+    }
+
+    fn header(&mut self) -> Result<(), csv::Error> {
+        let lang = self.lang;
+        self.writer.write_record(HEADER.iter().map(|c| lang.column(c)))
+    }
+
+    /// Writes the row of `letter` (after the header, before the first).
     pub fn add(&mut self, letter: &DeadLetter) -> Result<(), csv::Error> {
+        if self.rows == 0 {
+            self.header()?;
+        }
         self.rows += 1;
         self.writer.serialize(SheetRow::of(letter))
     }
@@ -98,7 +113,7 @@ impl<W: std::io::Write> Sheet<W> {
     /// Writes the header if no row was written, and flushes.
     pub fn finish(mut self) -> Result<(), csv::Error> {
         if self.rows == 0 {
-            self.writer.write_record(HEADER)?;
+            self.header()?;
         }
         self.writer.flush()?;
         Ok(())
@@ -165,5 +180,17 @@ mod tests {
         let mut empty = Vec::new();
         Sheet::new(&mut empty).finish().unwrap();
         assert_eq!(String::from_utf8(empty).unwrap(), format!("{}\n", HEADER.join(",")));
+
+        // --lang zh-CN: the same rows under Chinese column names, every column named.
+        let mut chinese = Vec::new();
+        let mut sheet = Sheet::in_lang(&mut chinese, Lang::ZhCn);
+        sheet.add(&letter).unwrap();
+        sheet.finish().unwrap();
+        let mut reader = csv::Reader::from_reader(chinese.as_slice());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+        assert_eq!(header[..4], ["消息ID", "死信原因", "返回码", "返回码含义"]);
+        assert!(header.iter().zip(HEADER).all(|(zh, en)| zh != en), "a column left in English: {header:?}");
+        let again: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(again, rows, "only the header differs");
     }
 }
