@@ -5,10 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::records::{jsonl, row};
-use common::simulator::TestSimulator;
-use els_bridge::simulator::api::{CallFilter, RecordFilter};
+use common::simulator::{TestSimulator, eventually};
+use els_bridge::simulator::api::{CallFilter, CallView, RecordFilter};
 use els_bridge::spec::Infno;
 use serde_json::{Map, Value, json};
 
@@ -144,7 +145,9 @@ async fn refused_rows_are_found_by_bisection_and_only_they_fail() {
     assert!(!stored.records.iter().any(|r| r.key == "IN-0042" || r.key == "IN-0199"));
 
     let rejects = std::fs::read_to_string(dir.path().join("day.jsonl.rejects.jsonl")).unwrap();
-    let rejects: Vec<Value> = rejects.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut rejects: Vec<Value> = rejects.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // In the order the calls were settled, which in parallel need not be the lines' order.
+    rejects.sort_by_key(|r| r["line"].as_u64());
     assert_eq!(rejects.len(), 2);
     assert_eq!(rejects[0]["line"], 43);
     assert_eq!(rejects[0]["data"]["hosp_purc_mgt_detl"], "IN-0042");
@@ -224,6 +227,121 @@ async fn invalid_and_malformed_rows_are_reported_and_never_sent() {
     assert!(rejects[1]["reason"].as_str().unwrap().starts_with("not valid JSON"));
     assert!(rejects[2]["reason"].as_str().unwrap().contains("not UTF-8"));
     assert!(rejects[3]["reason"].as_str().unwrap().len() < 2000, "a 10 MB value is quoted as an excerpt");
+}
+
+/// The most calls that were at the platform at once: each call from its arrival until the
+/// added latency had passed (it was answered later still).
+fn most_at_once(calls: &[CallView]) -> usize {
+    let spans: Vec<(i64, i64)> =
+        calls.iter().map(|c| (c.time.timestamp_micros(), c.time.timestamp_micros() + c.latency_ms as i64 * 1000)).collect();
+    spans.iter().map(|(start, _)| spans.iter().filter(|(s, e)| s <= start && start < e).count()).max().unwrap_or(0)
+}
+
+/// The upload call (ELS7002..7) whose rows hold `key` with `quantity`.
+fn call_with<'c>(calls: &'c [CallView], key: &str) -> Vec<&'c CallView> {
+    calls.iter().filter(|c| c.infno.as_deref() != Some("ELS7001") && c.keys.iter().any(|k| k == key)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_in_parallel_up_to_the_cap_and_a_later_row_of_a_key_never_overtakes() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = client_config(&sim, dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace("[retry]", "[batch]\nmax_in_flight_per_institution = 3\n\n[retry]");
+    std::fs::write(&config, text).unwrap();
+    // 1 200 rows, 12 calls; key K is corrected in the 3rd and again in the 9th call.
+    let mut all = rows(Infno::Els7002, "IN", 1200);
+    for (line, quantity) in [(0, "1"), (249, "2"), (899, "3")] {
+        all[line] = row(Infno::Els7002, "K", quantity);
+    }
+    let path = dir.path().join("year.jsonl");
+    std::fs::write(&path, jsonl(&all)).unwrap();
+    sim.set_latency(300, 300).await;
+
+    let run = send(&config, &["--infno", "ELS7002", path.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(summary_count(&run.stdout, "uploaded"), 1200, "{}", run.stdout);
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, 1198, "K three times");
+    assert_eq!(summary_count(&run.stdout, "upload calls"), 12);
+    let calls: Vec<CallView> =
+        sim.calls(&CallFilter::default()).await.calls.into_iter().filter(|c| c.infno.as_deref() == Some("ELS7002")).collect();
+    assert_eq!(calls.len(), 12);
+    let at_once = most_at_once(&calls);
+    assert!((2..=3).contains(&at_once), "calls in parallel, never more than the cap of 3: {at_once} at once");
+    let k = call_with(&calls, "K");
+    assert_eq!(k.len(), 3, "{k:?}");
+    for pair in k.windows(2) {
+        let answered = pair[0].time + chrono::Duration::milliseconds(pair[0].latency_ms as i64);
+        assert!(pair[1].time >= answered, "the call with K's correction started only after the one before it was answered: {pair:?}");
+    }
+    let stored = sim.records(&RecordFilter { key: Some("K".into()), ..Default::default() }).await;
+    assert_eq!(stored.records[0].row["stoin_cnt"], json!("3"), "the last row of K wins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_fill_cut_short_sends_only_what_is_left_when_run_again() {
+    let sim = TestSimulator::builder().institutions(1).start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = client_config(&sim, dir.path());
+    let mut all = rows(Infno::Els7003, "OUT", 1000);
+    all[500] = row(Infno::Els7003, "OUT-0001", "99");
+    let path = dir.path().join("history.jsonl");
+    std::fs::write(&path, jsonl(&all)).unwrap();
+    sim.refuse_keys(&["OUT-0007"], 16).await;
+    let progress = dir.path().join("history.jsonl.progress.jsonl");
+
+    // The platform goes down after a few calls were accepted; the run is interrupted while
+    // it retries.
+    sim.set_latency(100, 100).await;
+    let first = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .args(["send", "--infno", "ELS7003", "--config"])
+        .arg(&config)
+        .arg(&path)
+        .env_remove("ELS_BRIDGE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("three accepted calls in the progress file", Duration::from_secs(60), async || {
+        let text = std::fs::read_to_string(&progress).unwrap_or_default();
+        (text.matches("\"accepted\"").count() >= 3).then_some(())
+    })
+    .await;
+    sim.start_outage(3600).await;
+    eventually("a call to fail in the outage", Duration::from_secs(60), async || {
+        sim.calls(&CallFilter::default()).await.calls.iter().any(|c| c.http_status == Some(503)).then_some(())
+    })
+    .await;
+    Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    let first = first.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert_eq!(first.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout.contains("stopped early: interrupted"), "{stdout}");
+    let accepted_first = summary_count(&stdout, "uploaded");
+    assert!((200..999).contains(&accepted_first), "{stdout}");
+    let keys_first: Vec<String> =
+        sim.records(&RecordFilter { limit: Some(10_000), ..Default::default() }).await.records.into_iter().map(|r| r.key).collect();
+    let calls_first = sim.calls(&CallFilter::default()).await.last_seq;
+
+    sim.clear_fault("outage").await;
+    let again = send(&config, &["--infno", "ELS7003", path.to_str().unwrap()]);
+    assert_eq!(again.code, 1, "OUT-0007 is refused again: {}{}", again.stdout, again.stderr);
+    assert_eq!(summary_count(&again.stdout, "accepted before"), accepted_first, "{}", again.stdout);
+    assert_eq!(summary_count(&again.stdout, "uploaded") + accepted_first, 999, "{}", again.stdout);
+    let calls_again = sim.calls(&CallFilter { since: Some(calls_first), limit: Some(10_000), ..Default::default() }).await.calls;
+    for key in &keys_first {
+        assert!(call_with(&calls_again, key).is_empty() || key == "OUT-0001", "{key}, accepted by the first run, was sent again");
+    }
+    assert_eq!(sim.records(&RecordFilter::default()).await.total, 998, "1 000 rows, OUT-0001 twice, OUT-0007 refused");
+    let stored = sim.records(&RecordFilter { key: Some("OUT-0001".into()), ..Default::default() }).await;
+    assert_eq!(stored.records[0].row["stoout_cnt"], json!("99"), "the later row of OUT-0001 won");
+    let rejects = std::fs::read_to_string(dir.path().join("history.jsonl.rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "only the refused row: {rejects}");
+    assert!(rejects.contains("returnCode 16"), "{rejects}");
+
+    let third = send(&config, &["--infno", "ELS7003", path.to_str().unwrap()]);
+    assert_eq!(summary_count(&third.stdout, "upload calls"), 0, "nothing left to send: {}", third.stdout);
+    assert_eq!(summary_count(&third.stdout, "refused"), 1, "the refusal is reported again from the progress file");
 }
 
 #[test]
