@@ -28,7 +28,10 @@
 //!    and latency from publish to acceptance (p50/p99);
 //! 5. backlog drain: events queued before the worker starts, platform latency, in-flight
 //!    cap C: records/s vs C × 100 / latency per institution, and the worker's peak RSS;
-//! 6. scale-out when platform-bound: 1 vs 2 worker processes.
+//! 6. scale-out when platform-bound: 1 vs 2 worker processes;
+//! 7. back-fill with `els-bridge send` (a file of N rows, platform latency): rows/s vs
+//!    C × 100 / latency, at cap 1 (one call at a time, as `send` did before issue 19), at
+//!    cap C, and at cap C with `[amqp]` (claims and receipts in the ledger).
 
 #[path = "../tests/common/records.rs"]
 mod records;
@@ -66,8 +69,8 @@ const EXCHANGE: &str = "els.events";
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmarks of issue 7 against the local RabbitMQ and the simulator", args_override_self = true)]
 struct Args {
-    /// Scenarios to run (1–6), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6", action = clap::ArgAction::Set, num_args = 1)]
+    /// Scenarios to run (1–7), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7", action = clap::ArgAction::Set, num_args = 1)]
     scenarios: Vec<u8>,
     /// Small sizes for a quick check (each size below can still be given).
     #[arg(long)]
@@ -78,6 +81,12 @@ struct Args {
     /// Events queued before the worker starts in scenario 5 (default 1000000; quick 40000).
     #[arg(long)]
     backlog: Option<u64>,
+    /// Rows of the back-fill file of scenario 7 (default 100000; quick 10000).
+    #[arg(long)]
+    backfill: Option<u64>,
+    /// Platform latency of scenario 7 (ms).
+    #[arg(long, default_value_t = 200)]
+    backfill_latency_ms: u64,
     /// Events of each run of scenario 6 (default 200000; quick 30000).
     #[arg(long)]
     scale_events: Option<u64>,
@@ -134,6 +143,9 @@ impl Args {
     }
     fn backlog(&self) -> u64 {
         self.backlog.unwrap_or(if self.quick { 40_000 } else { 1_000_000 })
+    }
+    fn backfill(&self) -> u64 {
+        self.backfill.unwrap_or(if self.quick { 10_000 } else { 100_000 })
     }
     fn scale_events(&self) -> u64 {
         self.scale_events.unwrap_or(if self.quick { 30_000 } else { 200_000 })
@@ -1494,6 +1506,85 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// 7. back-fill with `send`: one call at a time, the cap, the cap with a ledger.
+    async fn backfill(&mut self) -> Result<()> {
+        let n = self.args.backfill();
+        let latency = self.args.backfill_latency_ms;
+        let cap = self.args.cap;
+        let allowed = |c: usize| c as f64 * 100.0 / (latency as f64 / 1000.0);
+        self.note(format!(
+            "## 7. back-fill with `send`: {n} rows, platform latency {latency} ms, cap {cap} → allowed {:.0} rows/s",
+            allowed(cap)
+        ));
+        let dir = self.dir.join("backfill");
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("history.jsonl");
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&Value::Object(records::row(Infno::Els7002, &Events::key(i), "7")).to_string());
+            text.push('\n');
+        }
+        std::fs::write(&file, text)?;
+        let sim = Sim::start(&self.args, &dir, "backfill-simulator", n / 100 * 2 + 100)?;
+        let vhost = Vhost::create(&self.args.amqp, "backfill")?;
+        declare(&vhost.url).await?;
+        let mut runs = serde_json::Map::new();
+        for (label, c, amqp) in [("cap1", 1, None), ("cap", cap, None), ("cap_amqp", cap, Some(vhost.url.as_str()))] {
+            sim.reset().await?;
+            sim.set_latency(latency).await?;
+            let secs = self.send_once(&sim, &dir, &file, label, c, amqp)?;
+            let accepted = sim.counters().await?.records_stored as u64;
+            if accepted != n {
+                bail!("{label}: the platform holds {accepted} of the {n} rows");
+            }
+            let rate = n as f64 / secs;
+            self.note(format!(
+                "- cap {c}{}: {secs:.1} s, {rate:.0} rows/s = {:.1} % of cap {cap}'s allowed {:.0} (target ≥ 90 % at cap {cap}); load {}",
+                if amqp.is_some() { " with [amqp]" } else { "" },
+                100.0 * rate / allowed(cap),
+                allowed(cap),
+                loadavg()
+            ));
+            runs.insert(label.into(), json!({ "cap": c, "amqp": amqp.is_some(), "secs": round2(secs), "rows_per_s": round2(rate), "share_of_allowed": round2(rate / allowed(cap)) }));
+        }
+        self.note("");
+        self.results.insert("7_backfill".into(), json!({ "rows": n, "latency_ms": latency, "allowed_per_s": allowed(cap), "runs": runs }));
+        self.save()
+    }
+
+    /// Runs `send --fresh` of `file` at cap `cap` (with `[amqp]` at `amqp`); its wall time.
+    fn send_once(&self, sim: &Sim, dir: &Path, file: &Path, label: &str, cap: usize, amqp: Option<&str>) -> Result<f64> {
+        let mut toml = format!(
+            "[platform]\nurl = \"{}\"\ntoken_file = {:?}\n\n[batch]\nmax_in_flight_per_institution = {cap}\n",
+            sim.url(),
+            dir.join(format!("{label}-tokens.json"))
+        );
+        if let Some(url) = amqp {
+            let _ = write!(toml, "\n[amqp]\nurl = \"{url}\"\n");
+        }
+        toml.push_str(&institutions_toml());
+        let config = dir.join(format!("send-{label}.toml"));
+        std::fs::write(&config, toml)?;
+        let started = Instant::now();
+        let output = Command::new(&self.args.bin)
+            .args(["send", "--fresh", "--infno", "ELS7002", "--institution", INSTITUTIONS[0].0, "--config"])
+            .arg(&config)
+            .arg(file)
+            .env("RUST_LOG", "warn")
+            .env_remove("ELS_BRIDGE_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .context("run els-bridge send")?;
+        let secs = started.elapsed().as_secs_f64();
+        std::fs::write(dir.join(format!("send-{label}.log")), [output.stdout.as_slice(), output.stderr.as_slice()].concat())?;
+        if !output.status.success() {
+            bail!("send ({label}) failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(secs)
+    }
+}
+
 fn status_kib_meminfo() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -1546,6 +1637,7 @@ async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
             }
             5 => bench.backlog().await,
             6 => bench.scale().await,
+            7 => bench.backfill().await,
             other => Err(anyhow!("no scenario {other}")),
         };
         if let Err(error) = outcome {
