@@ -31,7 +31,10 @@
 //! 6. scale-out when platform-bound: 1 vs 2 worker processes;
 //! 7. back-fill with `els-bridge send` (a file of N rows, platform latency): rows/s vs
 //!    C × 100 / latency, at cap 1 (one call at a time, as `send` did before issue 19), at
-//!    cap C, and at cap C with `[amqp]` (claims and receipts in the ledger).
+//!    cap C, and at cap C with `[amqp]` (claims and receipts in the ledger);
+//! 9. start-up on a full ledger: the ledger stream filled with D days × R receipted rows
+//!    (a claim, a receipt of 100 rows and a release per call), then a worker started:
+//!    seconds from its start to consuming the work queue, and its peak RSS.
 
 #[path = "../tests/common/records.rs"]
 mod records;
@@ -69,8 +72,8 @@ const EXCHANGE: &str = "els.events";
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmarks of issue 7 against the local RabbitMQ and the simulator", args_override_self = true)]
 struct Args {
-    /// Scenarios to run (1–7), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7", action = clap::ArgAction::Set, num_args = 1)]
+    /// Scenarios to run (1–7, 9), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,9", action = clap::ArgAction::Set, num_args = 1)]
     scenarios: Vec<u8>,
     /// Small sizes for a quick check (each size below can still be given).
     #[arg(long)]
@@ -87,6 +90,9 @@ struct Args {
     /// Platform latency of scenario 7 (ms).
     #[arg(long, default_value_t = 200)]
     backfill_latency_ms: u64,
+    /// Receipted rows in the ledger of scenario 9 (default 35 days × 30000 = 1050000; quick 100000).
+    #[arg(long)]
+    ledger_rows: Option<u64>,
     /// Events of each run of scenario 6 (default 200000; quick 30000).
     #[arg(long)]
     scale_events: Option<u64>,
@@ -146,6 +152,9 @@ impl Args {
     }
     fn backfill(&self) -> u64 {
         self.backfill.unwrap_or(if self.quick { 10_000 } else { 100_000 })
+    }
+    fn ledger_rows(&self) -> u64 {
+        self.ledger_rows.unwrap_or(if self.quick { 100_000 } else { 35 * 30_000 })
     }
     fn scale_events(&self) -> u64 {
         self.scale_events.unwrap_or(if self.quick { 30_000 } else { 200_000 })
@@ -1585,6 +1594,108 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// 9. start-up on a full ledger.
+    async fn startup(&mut self) -> Result<()> {
+        let rows = self.args.ledger_rows();
+        self.note(format!("## 9. start-up on a full ledger: {rows} receipted rows (targets: consuming within 10 s, peak RSS ≤ 64 MiB)"));
+        let vhost = Vhost::create(&self.args.amqp, "startup")?;
+        declare(&vhost.url).await?;
+        let (fill_secs, bytes) = fill_ledger(&vhost.url, rows, self.args.confirm_window).await?;
+        self.note(format!(
+            "- ledger filled in {fill_secs:.1} s: {} calls, {:.0} MiB of entries",
+            rows.div_ceil(100),
+            bytes as f64 / 1048576.0
+        ));
+        let dir = self.dir.join("startup");
+        std::fs::create_dir_all(&dir)?;
+        let mut runs = Vec::new();
+        for run in 1..=2 {
+            let started = Instant::now();
+            let mut worker = start_worker(&self.args, &dir, &format!("worker{run}"), &vhost.url, "http://127.0.0.1:1/unused")?;
+            wait_consuming(&vhost.url, 1, std::slice::from_mut(&mut worker)).await?;
+            let secs = started.elapsed().as_secs_f64();
+            let peak_mib = status_kib(worker.pid(), "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+            worker.stop(Duration::from_secs(30));
+            self.note(format!("- start {run}: consuming after {secs:.1} s, peak RSS {peak_mib:.1} MiB; load {}", loadavg()));
+            runs.push(json!({ "secs_to_consuming": round2(secs), "peak_rss_mib": round2(peak_mib) }));
+        }
+        self.note("");
+        self.results.insert(
+            "9_startup".into(),
+            json!({ "ledger_rows": rows, "fill_secs": round2(fill_secs), "ledger_bytes": bytes, "runs": runs }),
+        );
+        self.save()
+    }
+}
+
+/// Fills the ledger stream of the vhost at `url` with `rows` receipted rows, as workers
+/// write them: per call of 100 rows a claim, a receipt and a release, keys of both
+/// institutions and all six transactions, each with a version and a fingerprint. Returns
+/// the time taken and the bytes written.
+async fn fill_ledger(url: &str, rows: u64, window: usize) -> Result<(f64, u64)> {
+    use els_bridge::ledger::{Claim, Entry, Fingerprint, Ledger, Receipt, ReceiptRow};
+    let connection = connect(url).await?;
+    // Opening the ledger declares its stream as a worker would.
+    drop(Ledger::open(&connection, "els", &Default::default()).await?);
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let started = Instant::now();
+    let (mut outstanding, mut bytes) = (VecDeque::<PublisherConfirm>::new(), 0u64);
+    let lanes: Vec<(&str, Infno)> = INSTITUTIONS.iter().flat_map(|(code, _)| Infno::UPLOADS.map(|infno| (*code, infno))).collect();
+    for call in 0..rows.div_ceil(100) {
+        let (institution, infno) = lanes[(call % lanes.len() as u64) as usize];
+        let first = call * 100;
+        let keys: Vec<String> = (first..(first + 100).min(rows)).map(Events::key).collect();
+        let claim = format!("{call:032x}");
+        let rows = keys.iter().map(|key| ReceiptRow {
+            key: key.clone(),
+            version: Some(1),
+            quantity: 7.into(),
+            price: rust_decimal::Decimal::new(1234, 2),
+            time: "2026-11-25 09:15:00".into(),
+            fingerprint: Some(Fingerprint::of_message(Some(key), key.as_bytes())),
+        });
+        let at = chrono::Utc::now();
+        let entries = [
+            Entry::Claim(Claim {
+                id: claim.clone(),
+                institution: institution.into(),
+                infno,
+                keys: keys.iter().map(|k| (k.clone(), Some(1))).collect(),
+                at,
+                holder: None,
+                replica: None,
+            }),
+            Entry::Receipt(Receipt {
+                claim: claim.clone(),
+                institution: institution.into(),
+                infno,
+                msgid: format!("M{call}"),
+                return_code: 1,
+                at,
+                rows: rows.collect(),
+            }),
+            Entry::Release { claim },
+        ];
+        for entry in entries {
+            let body = serde_json::to_vec(&json!({ "id": format!("fill-{call}-{bytes}"), "change": entry }))?;
+            bytes += body.len() as u64;
+            let properties = BasicProperties::default().with_delivery_mode(2);
+            outstanding
+                .push_back(channel.basic_publish("".into(), "els.ledger".into(), BasicPublishOptions::default(), &body, properties).await?);
+            while outstanding.len() >= window {
+                outstanding.pop_front().expect("outstanding").await?;
+            }
+        }
+    }
+    for confirm in outstanding {
+        confirm.await?;
+    }
+    let _ = connection.close(200, "filled".into()).await;
+    Ok((started.elapsed().as_secs_f64(), bytes))
+}
+
 fn status_kib_meminfo() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -1638,6 +1749,7 @@ async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
             5 => bench.backlog().await,
             6 => bench.scale().await,
             7 => bench.backfill().await,
+            9 => bench.startup().await,
             other => Err(anyhow!("no scenario {other}")),
         };
         if let Err(error) = outcome {
