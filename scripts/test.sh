@@ -4,9 +4,10 @@
 #   scripts/test.sh
 #
 # 1. makes sure cargo, a C compiler (ring), the time-zone database, pika for the Python
-#    publisher example and a JDK with the RabbitMQ Java client for the Java one are there
-#    (installs gcc / tzdata / python3-pika / default-jdk-headless / librabbitmq-client-java
-#    with apt-get when missing and running as root);
+#    publisher example, a JDK with the RabbitMQ Java client for the Java one and Mono's C#
+#    compiler for the C# one are there (installs gcc / tzdata / python3-pika /
+#    default-jdk-headless / librabbitmq-client-java / mono-mcs with apt-get when missing
+#    and running as root);
 # 2. starts two RabbitMQ nodes with scripts/rabbitmq.sh: 4.3 (Debian forky's, in a chroot
 #    built on first use and cached, with transient non-exclusive queues, global QoS and the
 #    queue master locator denied) on 127.0.0.1:5673, and Debian 12's 3.10.8 on 5672;
@@ -64,6 +65,9 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # ... and compiles and runs the Java one with Debian's JDK and RabbitMQ Java client.
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 [[ -e /usr/share/java/amqp-client.jar ]] || missing+=(librabbitmq-client-java)
+# ... and compiles the C# one with Mono against the API of RabbitMQ.Client 6.8.1 and runs
+# its --print (Debian packages no RabbitMQ.Client with publisher confirms to publish with).
+command -v mcs >/dev/null 2>&1 && command -v mono >/dev/null 2>&1 || missing+=(mono-mcs)
 if ((${#missing[@]})); then
     # shellcheck disable=SC2015 # fail exits
     [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \

@@ -8,8 +8,13 @@
 //! run with `/usr/bin/python3`, or `ELS_BRIDGE_TEST_PYTHON` naming an interpreter that has it.
 //! The Java example is compiled here with `javac -cp /usr/share/java/amqp-client.jar`
 //! (Debian's `default-jdk-headless` and `librabbitmq-client-java`, which scripts/test.sh
-//! installs) and run with that jar and slf4j's. Neither is skipped when missing: the test
-//! fails and says what to install.
+//! installs) and run with that jar and slf4j's. The C# example is written for NuGet's
+//! RabbitMQ.Client 6.8.1, which no Debian package has (Debian 12's `libmono-rabbitmq4.0-cil`
+//! is client 1.x, AMQP 0-8/0-9 only, without publisher confirms): it is compiled with
+//! Mono's `mcs` (Debian's `mono-mcs`, which scripts/test.sh installs) against
+//! `tests/publishers/RabbitMQ.Client-6.8.1-api.cs`, the signatures of the client API it
+//! calls, and only its `--print` is run, compared byte for byte with the other two. None is
+//! skipped when missing: the test fails and says what to install.
 
 mod common;
 
@@ -68,12 +73,9 @@ fn day(extra: usize) -> (String, Expected) {
     }
     let mut csv = format!("{COLUMNS}\n");
     let mut expected = Expected::new();
-    for (direction, code, key, version, quantity, price, moved_at) in &movements {
-        let order_line = if *direction == "in" { "0" } else { "" };
-        csv.push_str(&format!(
-            "{direction},{code},{key},{version},XJ01CAA040A001010101445,0,阿莫西林胶囊,胶囊剂,0.25g*24粒,24,盒,江苏某某药业有限公司,\
-             国药控股江苏有限公司,91320000134567891B,{price},{quantity},{moved_at},0,91320000134567890A,药库,,{order_line}\n"
-        ));
+    for movement in &movements {
+        csv.push_str(&row(movement));
+        let (direction, code, key, version, quantity, _, moved_at) = movement;
         let infno = if *direction == "in" { Infno::Els7002 } else { Infno::Els7003 };
         let entry = expected.entry((code.to_string(), infno, key.clone())).or_insert_with(|| (String::new(), String::new(), 0));
         if *version > entry.2 {
@@ -81,6 +83,15 @@ fn day(extra: usize) -> (String, Expected) {
         }
     }
     (csv, expected)
+}
+
+/// One line of the export.
+fn row((direction, code, key, version, quantity, price, moved_at): &Movement) -> String {
+    let order_line = if *direction == "in" { "0" } else { "" };
+    format!(
+        "{direction},{code},{key},{version},XJ01CAA040A001010101445,0,阿莫西林胶囊,胶囊剂,0.25g*24粒,24,盒,江苏某某药业有限公司,\
+         国药控股江苏有限公司,91320000134567891B,{price},{quantity},{moved_at},0,91320000134567890A,药库,,{order_line}\n"
+    )
 }
 
 /// A decimal as the worker sends it (`12.3400` → `12.34`).
@@ -102,6 +113,9 @@ enum Example {
     Python,
     /// `examples/publishers/java/ElsPublisher.java`, with the RabbitMQ Java client.
     Java,
+    /// `examples/publishers/csharp/ElsPublisher.cs`, compiled against the API of
+    /// RabbitMQ.Client 6.8.1 without its implementation: `--print` only.
+    CSharp,
 }
 
 /// Where Debian 12's `librabbitmq-client-java` and `libslf4j-java` put their jars.
@@ -148,9 +162,31 @@ fn java_classes() -> &'static Path {
         .path()
 }
 
-/// Starts `example` on `rows` against `url`, with `extra` options.
-fn start(example: Example, rows: &Path, url: &str, extra: &[&str]) -> Child {
-    let mut command = match example {
+/// The C# example compiled once per test binary with Mono's `mcs`, warnings as errors,
+/// against the client API of `tests/publishers/RabbitMQ.Client-6.8.1-api.cs`; its program.
+fn csharp_program() -> &'static Path {
+    static PROGRAM: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &PROGRAM
+        .get_or_init(|| {
+            let out = tempfile::tempdir().expect("temp dir");
+            let program = out.path().join("ElsPublisher.exe");
+            let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/publishers/RabbitMQ.Client-6.8.1-api.cs");
+            let mcs = Command::new("mcs")
+                .args(["-warnaserror+", "-warn:4"])
+                .arg(format!("-out:{}", program.display()))
+                .arg(examples_dir().join("csharp/ElsPublisher.cs"))
+                .arg(api)
+                .output()
+                .expect("run mcs: install Debian's mono-mcs (scripts/test.sh does)");
+            assert!(mcs.status.success(), "mcs failed:\n{}{}", String::from_utf8_lossy(&mcs.stdout), String::from_utf8_lossy(&mcs.stderr));
+            (out, program)
+        })
+        .1
+}
+
+/// The command that runs `example`, before its options.
+fn command(example: Example) -> Command {
+    match example {
         Example::Python => {
             let mut command = Command::new(python());
             command.arg(examples_dir().join("python/els_publisher.py"));
@@ -163,8 +199,17 @@ fn start(example: Example, rows: &Path, url: &str, extra: &[&str]) -> Child {
             command.arg("-cp").arg(classpath.join(":")).arg("ElsPublisher");
             command
         }
-    };
-    command
+        Example::CSharp => {
+            let mut command = Command::new("mono");
+            command.arg(csharp_program());
+            command
+        }
+    }
+}
+
+/// Starts `example` on `rows` against `url`, with `extra` options.
+fn start(example: Example, rows: &Path, url: &str, extra: &[&str]) -> Child {
+    command(example)
         .arg("--url")
         .arg(url)
         .args(extra)
@@ -355,4 +400,58 @@ async fn the_java_example_publishes_a_day_that_the_worker_uploads_at_its_latest_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_java_example_publishes_again_what_was_unconfirmed_when_its_connection_is_lost() {
     a_lost_connection_loses_nothing(Example::Java, "pub-java-lost").await;
+}
+
+/// The three examples turn one export into the same events, byte for byte (the C# one has
+/// no client to publish with here, see the header), and refuse the same bad row: the day,
+/// plus times with fractions, other offsets and the turn of the Beijing day, an exponent,
+/// the smallest and the largest decimals.
+#[test]
+fn the_examples_write_the_same_events_byte_for_byte() {
+    let (mut csv, _) = day(2);
+    let edges: [Movement; 4] = [
+        ("in", A, "EDGE-1".into(), 1, "1E+2", "0.0001", "2026-11-25T06:30:00.250-05:00"),
+        ("in", B, "EDGE-2".into(), 4, "0", "99999999.9999", "2026-11-25T16:00:00Z"),
+        ("out", B, "EDGE-3".into(), 2, "0.5000", "1.10", "2026-11-25T15:59:59.999999Z"),
+        ("out", A, "EDGE-4".into(), 1, "100", "7", "2026-11-26T00:00:00+08:00"),
+    ];
+    for edge in &edges {
+        csv.push_str(&row(edge));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rows = dir.path().join("movements.csv");
+    std::fs::write(&rows, &csv).expect("write the day");
+    let print = |example: Example, rows: &Path| {
+        command(example).arg("--print").arg(rows).output().unwrap_or_else(|e| panic!("run the {example:?} example: {e}"))
+    };
+
+    let java = print(Example::Java, &rows);
+    assert!(java.status.success(), "{}", show(&java));
+    let events = String::from_utf8(java.stdout.clone()).expect("UTF-8 events");
+    assert_eq!(events.lines().count(), 12 + 2 + edges.len(), "one event per row:\n{events}");
+    assert!(events.contains(r#""stoin_cnt":"100","stoin_time":"2026-11-25 19:30:00""#), "{events}");
+    assert!(events.contains(r#""stoout_cnt":"0.5","stoout_time":"2026-11-25 23:59:59""#), "{events}");
+    for example in [Example::Python, Example::CSharp] {
+        let output = print(example, &rows);
+        assert!(output.status.success(), "{example:?}: {}", show(&output));
+        let theirs = String::from_utf8_lossy(&output.stdout);
+        for (n, (a, b)) in events.lines().zip(theirs.lines()).enumerate() {
+            assert_eq!(b, a, "{example:?}, event {}: differs from the Java example's", n + 1);
+        }
+        assert_eq!(output.stdout, java.stdout, "{example:?}: not byte for byte the Java example's events");
+    }
+
+    // A time without its zone: which one the database meant would be a guess.
+    let naive = csv.replacen("2026-11-25T01:30:00Z", "2026-11-25T01:30:00", 1);
+    std::fs::write(&rows, naive).expect("write the day");
+    for example in [Example::Python, Example::Java, Example::CSharp] {
+        let output = print(example, &rows);
+        assert_eq!(output.status.code(), Some(1), "{example:?} must refuse a time without its zone: {}", show(&output));
+        assert!(output.stdout.is_empty(), "{example:?} printed events of a refused export");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("2026-11-25T01:30:00"),
+            "{example:?} must name the time: {}",
+            show(&output)
+        );
+    }
 }
