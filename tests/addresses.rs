@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,7 +87,7 @@ fn publish(file: &Path, config: &Path) -> Output {
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ELS_BRIDGE__")) {
         command.env_remove(name);
     }
-    command.stdin(Stdio::null()).output().expect("run els-bridge publish")
+    command.stdin(Stdio::null()).output_within(COMMAND_LIMIT).expect("run els-bridge publish")
 }
 
 fn show(output: &Output) -> String {

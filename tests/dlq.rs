@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -33,7 +34,7 @@ fn test_retry() -> RetrySettings {
 
 /// Runs `els-bridge ARGS... --config CONFIG` and returns its output.
 fn els(args: &[&str], config: &Path) -> Output {
-    command(args, config).output().expect("run els-bridge")
+    command(args, config).output_within(COMMAND_LIMIT).expect("run els-bridge")
 }
 
 fn command(args: &[&str], config: &Path) -> Command {

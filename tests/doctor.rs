@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,7 +54,8 @@ async fn doctor(config: &Path, args: &[&str]) -> Report {
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ELS_BRIDGE__")) {
         command.env_remove(name);
     }
-    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("run els-bridge doctor");
+    let output =
+        tokio::task::spawn_blocking(move || command.output_within(COMMAND_LIMIT)).await.expect("join").expect("run els-bridge doctor");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let text = format!("{stdout}\nstandard error:\n{}", String::from_utf8_lossy(&output.stderr));
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("doctor's output is not JSON ({e}):\n{text}"));

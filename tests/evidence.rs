@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -19,7 +20,13 @@ use serde_json::{Map, Value};
 
 /// Runs `els-bridge report ARGS --config CONFIG`.
 fn report(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_els-bridge")).arg("report").args(args).arg("--config").arg(config).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_els-bridge"))
+        .arg("report")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output_within(COMMAND_LIMIT)
+        .unwrap()
 }
 
 fn stdout(output: &Output) -> String {

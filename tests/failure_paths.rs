@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::time::Duration;
 
 use common::broker::QueueCounts;
@@ -616,7 +617,7 @@ async fn a_redelivered_copy_of_an_accepted_record_does_not_overwrite_its_correct
         .args(["send", "--infno", "ELS7002", "--config"])
         .arg(&config)
         .arg(&file)
-        .output()
+        .output_within(COMMAND_LIMIT)
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stored = |page: &els_bridge::simulator::api::RecordsPage| {

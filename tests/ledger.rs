@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -159,7 +160,7 @@ async fn the_report_totals_equal_what_the_simulator_holds() {
     let output = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
         .args(["report", "--from", "2026-11-25", "--csv", "--config"])
         .arg(&config)
-        .output()
+        .output_within(COMMAND_LIMIT)
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let csv = String::from_utf8(output.stdout).unwrap();
@@ -201,7 +202,7 @@ async fn send_with_a_broker_records_its_uploads_in_the_ledger() {
         .args(["send", "--infno", "ELS7004", "--config"])
         .arg(&config)
         .arg(&file)
-        .output()
+        .output_within(COMMAND_LIMIT)
         .unwrap();
     assert!(send.status.success(), "{}", String::from_utf8_lossy(&send.stderr));
     stored(&sim, 5).await;
@@ -209,7 +210,7 @@ async fn send_with_a_broker_records_its_uploads_in_the_ledger() {
     let report = Command::new(env!("CARGO_BIN_EXE_els-bridge"))
         .args(["report", "--from", "2026-11-25", "--csv", "--config"])
         .arg(&config)
-        .output()
+        .output_within(COMMAND_LIMIT)
         .unwrap();
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     let csv = String::from_utf8(report.stdout).unwrap();

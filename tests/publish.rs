@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ fn publish(args: &[&str], config: &Path) -> Output {
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("ELS_BRIDGE__")) {
         command.env_remove(name);
     }
-    command.output().expect("run els-bridge publish")
+    command.output_within(COMMAND_LIMIT).expect("run els-bridge publish")
 }
 
 fn show(output: &Output) -> String {

@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -131,7 +132,7 @@ fn python() -> String {
         .ok()
         .filter(|p| !p.trim().is_empty())
         .unwrap_or_else(|| if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3".into() } else { "python3".into() });
-    let check = Command::new(&python).args(["-c", "import pika"]).output().expect("run python3");
+    let check = Command::new(&python).args(["-c", "import pika"]).output_within(COMMAND_LIMIT).expect("run python3");
     assert!(
         check.status.success(),
         "{python} cannot import pika: install Debian's python3-pika (scripts/test.sh does) or set ELS_BRIDGE_TEST_PYTHON\n{}",
@@ -154,7 +155,7 @@ fn java_classes() -> &'static Path {
                 .args(["-Xlint:all", "-Werror", "-cp", JAVA_CLASSPATH[0], "-d"])
                 .arg(out.path())
                 .arg(examples_dir().join("java/ElsPublisher.java"))
-                .output()
+                .output_within(COMMAND_LIMIT)
                 .expect("run javac: install Debian's default-jdk-headless (scripts/test.sh does)");
             assert!(javac.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&javac.stderr));
             out
@@ -176,7 +177,7 @@ fn csharp_program() -> &'static Path {
                 .arg(format!("-out:{}", program.display()))
                 .arg(examples_dir().join("csharp/ElsPublisher.cs"))
                 .arg(api)
-                .output()
+                .output_within(COMMAND_LIMIT)
                 .expect("run mcs: install Debian's mono-mcs (scripts/test.sh does)");
             assert!(mcs.status.success(), "mcs failed:\n{}{}", String::from_utf8_lossy(&mcs.stdout), String::from_utf8_lossy(&mcs.stderr));
             (out, program)
@@ -422,7 +423,11 @@ fn the_examples_write_the_same_events_byte_for_byte() {
     let rows = dir.path().join("movements.csv");
     std::fs::write(&rows, &csv).expect("write the day");
     let print = |example: Example, rows: &Path| {
-        command(example).arg("--print").arg(rows).output().unwrap_or_else(|e| panic!("run the {example:?} example: {e}"))
+        command(example)
+            .arg("--print")
+            .arg(rows)
+            .output_within(COMMAND_LIMIT)
+            .unwrap_or_else(|e| panic!("run the {example:?} example: {e}"))
     };
 
     let java = print(Example::Java, &rows);

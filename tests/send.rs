@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -35,7 +36,7 @@ fn send(config: &Path, args: &[&str]) -> Run {
         .arg(config)
         .args(args)
         .env_remove("ELS_BRIDGE_CONFIG")
-        .output()
+        .output_within(COMMAND_LIMIT)
         .expect("run els-bridge send");
     let run = Run {
         code: output.status.code().unwrap_or(-1),

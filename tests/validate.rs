@@ -2,7 +2,9 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::process::Command;
+use std::time::Duration;
 
 use common::records::{event, jsonl, row};
 use els_bridge::spec::Infno;
@@ -13,7 +15,7 @@ fn validate(args: &[&str]) -> (i32, String, String) {
         .arg("validate")
         .args(args)
         .env_remove("ELS_BRIDGE_CONFIG")
-        .output()
+        .output_within(COMMAND_LIMIT)
         .expect("run els-bridge");
     (
         output.status.code().unwrap_or(-1),
@@ -222,4 +224,12 @@ fn the_report_is_written_in_few_system_calls() {
     assert!(out.contains("20000 lines checked: 0 valid, 20000 invalid"), "{}", &out[out.len().saturating_sub(200)..]);
     let lines = out.lines().count();
     assert!(writes * 20 < lines, "{writes} write calls for {lines} lines of report");
+}
+
+/// The suite's time limit on the commands it runs (tests/common/run.rs) kills a command
+/// that hangs and fails the test with what the command wrote.
+#[test]
+#[should_panic(expected = "was still running after 300ms and was killed; it wrote:\nbefore the hang")]
+fn a_command_that_hangs_is_killed_and_fails_its_test() {
+    let _ = Command::new("sh").args(["-c", "echo before the hang; exec sleep 30"]).output_within(Duration::from_millis(300));
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::run::{COMMAND_LIMIT, OutputWithin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -318,7 +319,7 @@ async fn send_uses_the_fleets_token_when_amqp_is_configured() {
         .args(["send", "--infno", "ELS7004", "--config"])
         .arg(&config)
         .arg(&file)
-        .output()
+        .output_within(COMMAND_LIMIT)
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token_calls = sim.calls(&CallFilter { infno: Some("ELS7001".into()), ..Default::default() }).await.calls;

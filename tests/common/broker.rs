@@ -39,6 +39,7 @@
 
 #![allow(dead_code)]
 
+use super::run::OutputWithin;
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::Command;
@@ -75,7 +76,7 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 
 /// Like [`rabbitmqctl`], but returns the failure as a message.
 pub fn try_rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("rabbitmqctl").arg("-q").args(args).output().map_err(|e| {
+    let output = Command::new("rabbitmqctl").arg("-q").args(args).output_within(super::run::COMMAND_LIMIT).map_err(|e| {
         format!(
             "cannot run `rabbitmqctl {}`: {e}. The integration tests need the local RabbitMQ \
              node: run them with scripts/test.sh (it installs and starts the broker), as root",

@@ -17,6 +17,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the shared helpers")]
 
+use super::run::OutputWithin;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::RangeInclusive;
 use std::process::Command;
@@ -190,7 +191,11 @@ impl Cluster {
     }
 
     fn script(&self, args: &[&str]) {
-        let output = Command::new("bash").arg(SCRIPT).args(args).output().unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
+        let output = Command::new("bash")
+            .arg(SCRIPT)
+            .args(args)
+            .output_within(super::run::COMMAND_LIMIT)
+            .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
         assert!(
             output.status.success(),
             "`scripts/rabbitmq.sh {}` failed ({}):\n{}",

@@ -5,5 +5,6 @@ pub mod broker;
 pub mod cluster;
 pub mod records;
 pub mod relay;
+pub mod run;
 pub mod simulator;
 pub mod worker;
