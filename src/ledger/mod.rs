@@ -122,6 +122,17 @@ pub enum Entry {
     Renew { claim: String },
 }
 
+impl Entry {
+    /// The receipt this entry is, if it is one and of `institution` (of any with `None`):
+    /// what the folds of `report` read.
+    pub fn receipt_of(self, institution: Option<&str>) -> Option<Receipt> {
+        match self {
+            Entry::Receipt(receipt) if institution.is_none_or(|only| only == receipt.institution) => Some(receipt),
+            _ => None,
+        }
+    }
+}
+
 /// A batch's claim on its keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {

@@ -87,10 +87,7 @@ impl Fold for Latest {
     type Change = Entry;
 
     fn apply(&mut self, change: Entry) {
-        let Entry::Receipt(receipt) = change else { return };
-        if self.institution.as_ref().is_some_and(|only| *only != receipt.institution) {
-            return;
-        }
+        let Some(receipt) = change.receipt_of(self.institution.as_deref()) else { return };
         for row in receipt.rows {
             let id = (receipt.institution.clone(), receipt.infno, row.key.clone());
             let uploads = self.records.get(&id).map_or(0, |r| r.uploads) + 1;

@@ -85,10 +85,7 @@ impl Fold for Tally {
     type Change = Entry;
 
     fn apply(&mut self, change: Entry) {
-        let Entry::Receipt(receipt) = change else { return };
-        if self.institution.as_ref().is_some_and(|only| *only != receipt.institution) {
-            return;
-        }
+        let Some(receipt) = change.receipt_of(self.institution.as_deref()) else { return };
         for row in receipt.rows {
             let day = row.time.get(..10).and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
             if !day.is_some_and(|day| (self.from..=self.to).contains(&day)) {
