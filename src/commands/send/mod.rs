@@ -308,9 +308,11 @@ impl Sender<'_> {
             }
         }
         let reason = format!("not uploaded: {}", self.stopped.as_deref().unwrap_or_default());
+        self.flights.settled(&flight.rows);
         self.give_up(file, std::mem::take(&mut flight.rows), &reason)
     }
 
+    /// Records a row the platform refused: in the progress file and the rejects file.
     fn refused(&mut self, file: usize, row: Row<Origin>, code: u32, message: &str) -> anyhow::Result<()> {
         self.tally.refused += 1;
         self.flights.settled([&row]);
@@ -320,8 +322,9 @@ impl Sender<'_> {
         beside.rejects.write(row.source.line, &reason, Some(code), Value::Object(row.source.data))
     }
 
+    /// Reports `rows` not uploaded (the caller has let [`Flights`] forget the keys of rows
+    /// that were in flight).
     fn give_up(&mut self, file: usize, rows: Vec<Row<Origin>>, reason: &str) -> anyhow::Result<()> {
-        self.flights.settled(&rows);
         for row in rows {
             self.tally.not_uploaded += 1;
             self.beside[file].rejects.write(row.source.line, reason, None, Value::Object(row.source.data))?;
