@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::records::{jsonl, row};
-use common::simulator::{TestSimulator, eventually};
+use common::simulator::{TestSimulator, eventually, test_institutions, write_config};
 use els_bridge::simulator::api::{CallFilter, CallView, RecordFilter};
 use els_bridge::spec::Infno;
 use serde_json::{Map, Value, json};
@@ -359,4 +359,9 @@ fn configuration_and_usage_errors_exit_with_2() {
     let bad = send(&config, &["--infno", "ELS7002", file.to_str().unwrap()]);
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("platform.url"), "{}", bad.stderr);
+
+    let good = write_config(dir.path(), "good.toml", &test_institutions(1), "http://127.0.0.1:1/unused", "");
+    let twice = send(&good, &["--infno", "ELS7002", file.to_str().unwrap(), dir.path().join("./x.jsonl").to_str().unwrap()]);
+    assert_eq!(twice.code, 2);
+    assert!(twice.stderr.contains("x.jsonl is given twice"), "{}", twice.stderr);
 }

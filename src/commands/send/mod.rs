@@ -128,8 +128,12 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     let config = Config::load(args.config.as_deref())?;
     let institution = pick_institution(&config, args.institution.as_deref())?;
     let mut beside = Vec::with_capacity(args.files.len());
+    let mut seen = std::collections::HashSet::new();
     for path in &args.files {
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let real = std::fs::canonicalize(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !seen.insert(real) {
+            bail!("{} is given twice: each file is sent once (its progress and rejects files are its own)", path.display());
+        }
         let input = Input { path, infno: args.infno, institution: &institution.fixmedins_code };
         let progress = Progress::open(&input, args.fresh)?;
         if progress.resumed() {
