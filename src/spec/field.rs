@@ -1,5 +1,7 @@
 //! Field rules of the spec tables and a reader that applies them to a JSON row, collecting
-//! every violation instead of stopping at the first.
+//! every violation instead of stopping at the first. The row is anything that implements
+//! [`Row`]: a parsed `serde_json` object, or the borrowed cells of an event body read
+//! without building a tree (`event::typed`).
 
 use std::fmt;
 
@@ -87,7 +89,67 @@ pub struct FieldError {
 impl FieldError {
     /// An error for `field` breaking `rule`, quoting an excerpt of `value`.
     pub fn new(field: &str, rule: Rule, value: Option<&Value>) -> Self {
-        FieldError { field: excerpt(field), rule, value: value.map(|v| excerpt(&v.to_string())) }
+        FieldError { field: excerpt(field), rule, value: value.map(Cell::quote) }
+    }
+}
+
+/// What the field rules see of one JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View<'a> {
+    /// `null`.
+    Null,
+    /// A string, unescaped.
+    Text(&'a str),
+    /// A number token, exactly as written.
+    Number(&'a str),
+    /// Anything else: a boolean, an array, an object.
+    Other,
+}
+
+/// One value of a row, as the field rules read it.
+pub trait Cell {
+    /// The value's kind and text.
+    fn view(&self) -> View<'_>;
+    /// An [`excerpt`] of the value as JSON text, for an error message.
+    fn quote(&self) -> String;
+}
+
+impl Cell for Value {
+    fn view(&self) -> View<'_> {
+        match self {
+            Value::Null => View::Null,
+            Value::String(s) => View::Text(s),
+            Value::Number(n) => View::Number(n.as_str()),
+            _ => View::Other,
+        }
+    }
+
+    fn quote(&self) -> String {
+        excerpt(&self.to_string())
+    }
+}
+
+/// A row of named values (a `data` object), as the field rules read it.
+pub trait Row {
+    /// The type of its values.
+    type Cell: Cell + ?Sized;
+    /// The value named `name`, if the row has one.
+    fn get(&self, name: &str) -> Option<&Self::Cell>;
+    /// Calls `f` with every name and value, in the row's order.
+    fn each(&self, f: &mut dyn FnMut(&str, &Self::Cell));
+}
+
+impl Row for Map<String, Value> {
+    type Cell = Value;
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        Map::get(self, name)
+    }
+
+    fn each(&self, f: &mut dyn FnMut(&str, &Value)) {
+        for (name, value) in self {
+            f(name, value);
+        }
     }
 }
 
@@ -181,12 +243,17 @@ pub const FIRST_YEAR: i32 = 1900;
 /// exact text (a JSON number token as it was written), before anything is rounded:
 /// `1.00000000000000001` has 17 fraction digits, however close it is to 1.
 pub fn parse_decimal(value: &Value) -> Option<Decimal> {
+    decimal_of(value.view())
+}
+
+/// [`parse_decimal`] of a [`View`].
+fn decimal_of(value: View) -> Option<Decimal> {
     let text = match value {
-        Value::String(s) => s.trim().to_owned(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
+        View::Text(s) => s.trim(),
+        View::Number(n) => n,
+        View::Null | View::Other => return None,
     };
-    let (integer, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let (integer, fraction) = text.split_once('.').unwrap_or((text, ""));
     let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
     if integer.is_empty() || !digits(integer) || !digits(fraction) || (text.contains('.') && fraction.is_empty()) {
         return None;
@@ -202,39 +269,39 @@ pub fn parse_decimal(value: &Value) -> Option<Decimal> {
 
 /// Takes fields out of one JSON row, checking each against its rule and remembering every
 /// violation; [`FieldReader::finish`] then reports fields that were not asked for.
-pub struct FieldReader<'a> {
-    row: &'a Map<String, Value>,
+pub struct FieldReader<'a, R: Row + ?Sized = Map<String, Value>> {
+    row: &'a R,
     taken: Vec<&'static str>,
     errors: Vec<FieldError>,
 }
 
-impl<'a> FieldReader<'a> {
+impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
     /// Starts reading `row`.
-    pub fn new(row: &'a Map<String, Value>) -> Self {
-        FieldReader { row, taken: Vec::new(), errors: Vec::new() }
+    pub fn new(row: &'a R) -> Self {
+        FieldReader { row, taken: Vec::with_capacity(24), errors: Vec::new() }
     }
 
     /// The field's value, treating null and blank text as absent.
-    fn present(&mut self, name: &'static str) -> Option<&'a Value> {
+    fn present(&mut self, name: &'static str) -> Option<&'a R::Cell> {
         self.taken.push(name);
-        match self.row.get(name) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(value) => Some(value),
+        let value = self.row.get(name)?;
+        match value.view() {
+            View::Null => None,
+            View::Text(s) if s.trim().is_empty() => None,
+            _ => Some(value),
         }
     }
 
-    fn fail(&mut self, name: &str, rule: Rule, value: Option<&Value>) {
-        self.errors.push(FieldError::new(name, rule, value));
+    fn fail(&mut self, name: &str, rule: Rule, value: Option<&R::Cell>) {
+        self.errors.push(FieldError { field: excerpt(name), rule, value: value.map(Cell::quote) });
     }
 
     /// An optional `S max` field; numbers are taken as their text.
     pub fn optional_text(&mut self, name: &'static str, max: usize) -> Option<String> {
         let value = self.present(name)?;
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => {
+        let text = match value.view() {
+            View::Text(s) | View::Number(s) => s,
+            View::Null | View::Other => {
                 self.fail(name, Rule::Type, Some(value));
                 return None;
             }
@@ -247,7 +314,7 @@ impl<'a> FieldReader<'a> {
             self.fail(name, Rule::ControlCharacter, Some(value));
             return None;
         }
-        Some(text)
+        Some(text.to_owned())
     }
 
     /// A required `S max` field.
@@ -274,7 +341,7 @@ impl<'a> FieldReader<'a> {
     pub fn decimal(&mut self, name: &'static str) -> Decimal {
         match self.present(name) {
             None => self.fail(name, Rule::Required, None),
-            Some(value) => match parse_decimal(value) {
+            Some(value) => match decimal_of(value.view()) {
                 Some(number) => return number,
                 None => self.fail(name, Rule::Decimal, Some(value)),
             },
@@ -286,9 +353,12 @@ impl<'a> FieldReader<'a> {
     pub fn time(&mut self, name: &'static str) -> PlatformTime {
         match self.present(name) {
             None => self.fail(name, Rule::Required, None),
-            Some(value) => match value.as_str().and_then(PlatformTime::parse) {
-                Some(time) => return time,
-                None => self.fail(name, Rule::DateTime, Some(value)),
+            Some(value) => match value.view() {
+                View::Text(text) => match PlatformTime::parse(text) {
+                    Some(time) => return time,
+                    None => self.fail(name, Rule::DateTime, Some(value)),
+                },
+                _ => self.fail(name, Rule::DateTime, Some(value)),
             },
         }
         PlatformTime(NaiveDateTime::default())
@@ -298,12 +368,13 @@ impl<'a> FieldReader<'a> {
     /// to the other product kind. Returns every error found, in field order.
     pub fn finish(mut self, other_kind: (&'static str, &[&str])) -> Result<(), Vec<FieldError>> {
         let (kind, other_fields) = other_kind;
-        for (name, value) in self.row {
-            if !self.taken.contains(&name.as_str()) {
-                let rule = if other_fields.contains(&name.as_str()) { Rule::OtherKind(kind) } else { Rule::Unknown };
-                self.errors.push(FieldError::new(name, rule, Some(value)));
+        let (taken, errors) = (&self.taken, &mut self.errors);
+        self.row.each(&mut |name, value| {
+            if !taken.contains(&name) {
+                let rule = if other_fields.contains(&name) { Rule::OtherKind(kind) } else { Rule::Unknown };
+                errors.push(FieldError { field: excerpt(name), rule, value: Some(value.quote()) });
             }
-        }
+        });
         if self.errors.is_empty() { Ok(()) } else { Err(self.errors) }
     }
 }
