@@ -97,12 +97,8 @@ struct Envelope<'de> {
     infno: Option<Scalar<'de>>,
     fixmedins_code: Option<Scalar<'de>>,
     version: Option<Scalar<'de>>,
-    data: Option<Data<'de>>,
-}
-
-enum Data<'de> {
-    Read(Record),
-    Raw(&'de RawValue),
+    record: Option<Record>,
+    raw_data: Option<&'de RawValue>,
 }
 
 impl<'de> Envelope<'de> {
@@ -123,9 +119,9 @@ impl<'de> Envelope<'de> {
             Some(Scalar::Number(number)) => Some(number.parse::<u64>().ok()?),
             Some(Scalar::Text(_)) => return None,
         };
-        let record = match self.data? {
-            Data::Read(record) => record,
-            Data::Raw(raw) => read_data(raw.get(), infno)?,
+        let record = match (self.record, self.raw_data) {
+            (Some(record), _) => record,
+            (None, raw) => read_data(raw?.get(), infno)?,
         };
         Some(Event { fixmedins_code, version, record })
     }
@@ -201,13 +197,13 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 "fixmedins_code" => &mut envelope.fixmedins_code,
                 "version" => &mut envelope.version,
                 "data" => {
-                    if envelope.data.is_some() {
+                    if envelope.record.is_some() || envelope.raw_data.is_some() {
                         return Err(A::Error::custom(NOT_PLAIN));
                     }
-                    envelope.data = Some(match envelope.infno() {
-                        Some(infno) => Data::Read(map.next_value_seed(DataSeed(infno))?),
-                        None => Data::Raw(map.next_value()?),
-                    });
+                    match envelope.infno() {
+                        Some(infno) => envelope.record = Some(map.next_value_seed(DataSeed(infno))?),
+                        None => envelope.raw_data = Some(map.next_value()?),
+                    }
                     continue;
                 }
                 _ => return Err(A::Error::custom(NOT_PLAIN)),
@@ -334,6 +330,12 @@ impl<'de> Visitor<'de> for NumberText {
 
     fn visit_string<E>(self, text: String) -> Result<String, E> {
         Ok(text)
+    }
+
+    /// A borrowed string here is an object in the body that looks like a number: the tree
+    /// decides what it is.
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<String, E> {
+        Err(E::custom(NOT_PLAIN))
     }
 }
 

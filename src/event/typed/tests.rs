@@ -216,7 +216,7 @@ fn body(infno: Infno, edits: &[Edit], data_first: bool) -> String {
     ];
     let mut data: Vec<(String, String)> = row(infno).into_iter().map(|(k, v)| (k, v.to_string())).collect();
     for edit in edits {
-        let in_envelope = |at: usize| at % 5 == 0;
+        let in_envelope = |at: usize| at.is_multiple_of(5);
         let (list, at) = match edit {
             Edit::Replace(at, _) | Edit::Remove(at) | Edit::Twice(at) if in_envelope(*at) => (&mut envelope, at / 5),
             Edit::Replace(at, _) | Edit::Remove(at) | Edit::Twice(at) => (&mut data, *at),
