@@ -83,6 +83,10 @@ impl<'de> Row for DataRow<'de> {
         Some(&self.cells[at].1)
     }
 
+    fn count(&self) -> usize {
+        self.cells.len()
+    }
+
     fn each(&self, f: &mut dyn FnMut(&str, &Scalar<'de>)) {
         for (name, value) in &self.cells {
             f(name, value);

@@ -135,6 +135,8 @@ pub trait Row {
     type Cell: Cell + ?Sized;
     /// The value named `name`, if the row has one.
     fn get(&self, name: &str) -> Option<&Self::Cell>;
+    /// How many fields it has (each name once).
+    fn count(&self) -> usize;
     /// Calls `f` with every name and value, in the row's order.
     fn each(&self, f: &mut dyn FnMut(&str, &Self::Cell));
 }
@@ -144,6 +146,10 @@ impl Row for Map<String, Value> {
 
     fn get(&self, name: &str) -> Option<&Value> {
         Map::get(self, name)
+    }
+
+    fn count(&self) -> usize {
+        self.len()
     }
 
     fn each(&self, f: &mut dyn FnMut(&str, &Value)) {
@@ -272,19 +278,24 @@ fn decimal_of(value: View) -> Option<Decimal> {
 pub struct FieldReader<'a, R: Row + ?Sized = Map<String, Value>> {
     row: &'a R,
     taken: Vec<&'static str>,
+    /// How many of the fields asked for the row has.
+    found: usize,
     errors: Vec<FieldError>,
 }
 
 impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
     /// Starts reading `row`.
     pub fn new(row: &'a R) -> Self {
-        FieldReader { row, taken: Vec::with_capacity(24), errors: Vec::new() }
+        FieldReader { row, taken: Vec::with_capacity(24), found: 0, errors: Vec::new() }
     }
 
-    /// The field's value, treating null and blank text as absent.
+    /// The field's value, treating null and blank text as absent. Each field is asked for
+    /// once (which [`FieldReader::finish`] relies on).
     fn present(&mut self, name: &'static str) -> Option<&'a R::Cell> {
+        debug_assert!(!self.taken.contains(&name), "the field {name} is read twice");
         self.taken.push(name);
         let value = self.row.get(name)?;
+        self.found += 1;
         match value.view() {
             View::Null => None,
             View::Text(s) if s.trim().is_empty() => None,
@@ -367,6 +378,11 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
     /// Ends the row: fields not taken are errors, naming `other_kind` when a field belongs
     /// to the other product kind. Returns every error found, in field order.
     pub fn finish(mut self, other_kind: (&'static str, &[&str])) -> Result<(), Vec<FieldError>> {
+        if self.found == self.row.count() {
+            // Every field of the row was asked for: each name once, and the row has each
+            // name once.
+            return if self.errors.is_empty() { Ok(()) } else { Err(self.errors) };
+        }
         let (kind, other_fields) = other_kind;
         let (taken, errors) = (&self.taken, &mut self.errors);
         self.row.each(&mut |name, value| {
