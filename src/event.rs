@@ -7,6 +7,8 @@ use crate::input::{self, LineError, parse_json_object};
 use crate::spec::field::excerpt;
 use crate::spec::{Infno, Record, RecordErrors};
 
+mod typed;
+
 /// A valid event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -82,9 +84,15 @@ pub enum Institutions<'a> {
 pub const MAX_EVENT_BYTES: usize = input::MAX_LINE_BYTES;
 
 /// Parses and validates one event body, reporting every problem found.
+///
+/// A valid event is read straight into its record, without a JSON tree; a body that reader
+/// does not accept is parsed as a tree and checked by [`from_object`], which names every
+/// problem (so the messages do not depend on which reader ran first).
 pub fn parse(body: &[u8], institutions: Institutions) -> Result<Event, InvalidEvent> {
-    let object = parse_json_object(body)?;
-    from_object(&object, institutions)
+    match typed::parse(body, institutions) {
+        Some(event) => Ok(event),
+        None => from_object(&parse_json_object(body)?, institutions),
+    }
 }
 
 /// [`parse`], refusing without parsing a body larger than `max_bytes`.

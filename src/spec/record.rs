@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::Infno;
-use super::field::{FieldError, FieldReader, PlatformTime};
+use super::field::{FieldError, FieldReader, PlatformTime, Row};
 
 /// The dictionary of `er_flag`: "0" no, "1" emergency purchase.
 pub const ER_FLAG_VALUES: &[&str] = &["0", "1"];
@@ -26,7 +26,7 @@ pub trait Product: Serialize + Sized {
     /// Maximum length of `prov_plaf_retn_det_id` on return rows of this kind.
     const RETURN_LINE_MAX: usize;
     /// Reads the product fields.
-    fn read(r: &mut FieldReader) -> Self;
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self;
 }
 
 /// A drug's description (ELS7002, ELS7003, ELS7006).
@@ -45,7 +45,7 @@ impl Product for Drug {
     const OWN_FIELDS: &'static [&'static str] = &["drug_code", "drug_genname", "dosform", "convrat", "pacunt"];
     const RETURN_LINE_MAX: usize = 32;
 
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         Drug {
             drug_code: r.text("drug_code", 23),
             drug_genname: r.text("drug_genname", 128),
@@ -73,7 +73,7 @@ impl Product for Consumable {
     const OWN_FIELDS: &'static [&'static str] = &["mcs_code", "prod_name", "mol", "unt", "regcert"];
     const RETURN_LINE_MAX: usize = 40;
 
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         Consumable {
             mcs_code: r.text("mcs_code", 27),
             prod_name: r.text("prod_name", 128),
@@ -102,7 +102,7 @@ pub struct Supply {
 }
 
 impl Supply {
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         Supply {
             prov_plaf_prod_code: r.text("prov_plaf_prod_code", 32),
             prodentp_name: r.text("prodentp_name", 128),
@@ -127,7 +127,7 @@ pub struct Purchase {
 }
 
 impl Purchase {
-    fn read(r: &mut FieldReader, order_line_required: bool) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>, order_line_required: bool) -> Self {
         Purchase {
             prov_plaf_prod_id: r.optional_text("prov_plaf_prod_id", 32),
             er_flag: r.dictionary("er_flag", 10, ER_FLAG_VALUES),
@@ -186,7 +186,7 @@ pub struct Return<P> {
 }
 
 impl<P: Product> StockIn<P> {
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         StockIn {
             hosp_purc_mgt_detl: r.text("hosp_purc_mgt_detl", 64),
             product: P::read(r),
@@ -199,7 +199,7 @@ impl<P: Product> StockIn<P> {
 }
 
 impl<P: Product> StockOut<P> {
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         StockOut {
             hosp_purc_mgt_detl: r.text("hosp_purc_mgt_detl", 64),
             product: P::read(r),
@@ -212,7 +212,7 @@ impl<P: Product> StockOut<P> {
 }
 
 impl<P: Product> Return<P> {
-    fn read(r: &mut FieldReader) -> Self {
+    fn read<R: Row + ?Sized>(r: &mut FieldReader<R>) -> Self {
         Return {
             hosp_retn_mgt_detl: r.text("hosp_retn_mgt_detl", 64),
             product: P::read(r),
@@ -255,9 +255,9 @@ impl RecordErrors {
     }
 }
 
-fn read_with<T>(
-    row: &Map<String, Value>,
-    read: impl FnOnce(&mut FieldReader) -> T,
+fn read_with<R: Row + ?Sized, T>(
+    row: &R,
+    read: impl FnOnce(&mut FieldReader<R>) -> T,
     other: (&'static str, &[&str]),
 ) -> Result<T, RecordErrors> {
     let mut reader = FieldReader::new(row);
@@ -272,6 +272,12 @@ impl Record {
     /// Never on input; `infno` must be an upload transaction (ELS7001 has no records and is
     /// answered with an error naming it).
     pub fn parse(infno: Infno, row: &Map<String, Value>) -> Result<Record, RecordErrors> {
+        Record::parse_row(infno, row)
+    }
+
+    /// [`Record::parse`] of any [`Row`]: a parsed object, or the borrowed cells of an event
+    /// body read without a tree.
+    pub fn parse_row<R: Row + ?Sized>(infno: Infno, row: &R) -> Result<Record, RecordErrors> {
         // A drug row names consumable-only fields as such, and the other way round.
         const NOT_DRUG: (&str, &[&str]) = (Consumable::KIND, Consumable::OWN_FIELDS);
         const NOT_CONSUMABLE: (&str, &[&str]) = (Drug::KIND, Drug::OWN_FIELDS);
