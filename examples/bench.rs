@@ -695,7 +695,7 @@ impl Sim {
         if ms == 0 {
             self.http.delete(format!("{}/admin/faults/latency", self.base)).send().await?.error_for_status()?;
         } else {
-            let body = serde_json::to_string(&Latency { min_ms: ms, max_ms: ms })?;
+            let body = serde_json::to_string(&Latency::between(ms, ms))?;
             self.http
                 .put(format!("{}/admin/faults/latency", self.base))
                 .header("Content-Type", "application/json")
