@@ -388,6 +388,11 @@ impl TestSimulator {
         self.admin_put("/admin/faults/latency", &Latency::between(min_ms, max_ms)).await
     }
 
+    /// `PUT /admin/faults/latency` with a body of any shape, e.g. with `per_concurrent_ms`.
+    pub async fn set_latency_json(&self, body: &Value) -> FaultsView {
+        self.admin_put("/admin/faults/latency", body).await
+    }
+
     /// `PUT /admin/faults/errors`.
     pub async fn set_errors(&self, errors: ErrorRate) -> FaultsView {
         self.admin_put("/admin/faults/errors", &errors).await
