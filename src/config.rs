@@ -754,6 +754,9 @@ mod tests {
     fn defaults_fill_what_the_file_leaves_out() {
         let c = Config::from_toml(TOML, env(&[])).unwrap();
         assert_eq!(c.batch.max_records, 100);
+        assert!(c.batch.adaptive_concurrency, "adaptive concurrency is on unless pinned");
+        let pinned = Config::from_toml(TOML, env(&[("ELS_BRIDGE__BATCH__ADAPTIVE_CONCURRENCY", "false")])).unwrap();
+        assert!(!pinned.batch.adaptive_concurrency);
         assert_eq!(c.retry.max_elapsed_secs, 86_400);
         assert_eq!(c.platform.token_refresh_lead_secs, 240);
         assert!(c.amqp.is_none());

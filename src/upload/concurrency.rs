@@ -12,7 +12,13 @@
 //! - a window whose mean round trip is above that threshold lowers it to
 //!   [`LATENCY_DECREASE`] of itself (multiplicative decrease, at least by one);
 //! - a timeout or transient failure halves it at once ([`FAILURE_DECREASE`]), at most once per
-//!   window, so that a burst of calls failing together counts as one signal.
+//!   window, so that a burst of calls failing together counts as one signal;
+//! - after backing off, it holds for [`PROBE_HOLD`] flat windows before it probes upwards
+//!   again: each probe past the platform's capacity slows every call, so probing less often
+//!   than every round trip pays (measured in BENCHMARKS.md, issue 19).
+//!
+//! Only calls started under the current limit judge it: the round trips of calls started
+//! before a change ([`Ticket`]) are ignored, so that an overshoot is not punished twice.
 //!
 //! The baseline is the round trip of flat windows: it follows a faster platform at once and a
 //! slower one by a moving average ([`BASELINE_WEIGHT`]); a rising window leaves it alone,
@@ -36,6 +42,12 @@ pub const LATENCY_DECREASE: f64 = 0.9;
 pub const FAILURE_DECREASE: f64 = 0.5;
 /// The weight of a flat window's mean round trip in the baseline when it is the slower one.
 pub const BASELINE_WEIGHT: f64 = 0.3;
+/// Flat windows after a back-off before the limit grows again.
+pub const PROBE_HOLD: u32 = 4;
+
+/// Which limit a call started under, given back with its [`Sample`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 /// How one call ended, as far as the controller cares.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,18 +132,22 @@ pub struct Controller {
     /// The baseline round trip, in seconds, once learned.
     baseline: Option<f64>,
     window: Window,
+    /// Counts the changes of the limit (see [`Ticket`]).
+    generation: u64,
+    /// Flat windows still to pass before the limit may grow.
+    hold: u32,
 }
 
 impl Controller {
     /// A limit between 1 and `cap` (at least 1) that adapts to the round trip, starting at 1.
     pub fn adaptive(cap: usize) -> Self {
-        Controller { cap: cap.max(1), limit: 1, adaptive: true, baseline: None, window: Window::new(1) }
+        Controller { cap: cap.max(1), limit: 1, adaptive: true, baseline: None, window: Window::new(1), generation: 0, hold: 0 }
     }
 
     /// A limit fixed at `cap` (at least 1): samples change nothing.
     pub fn fixed(cap: usize) -> Self {
         let cap = cap.max(1);
-        Controller { cap, limit: cap, adaptive: false, baseline: None, window: Window::new(cap) }
+        Controller { cap, limit: cap, adaptive: false, baseline: None, window: Window::new(cap), generation: 0, hold: 0 }
     }
 
     /// Calls allowed in flight now.
@@ -155,9 +171,15 @@ impl Controller {
         self.window.saturated = true;
     }
 
-    /// A call finished; returns the change of the limit it brought, if any.
-    pub fn finished(&mut self, sample: Sample) -> Option<Change> {
-        if !self.adaptive {
+    /// The ticket of a call starting now.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.generation)
+    }
+
+    /// A call started with `ticket` finished; returns the change of the limit it brought, if
+    /// any. An answer to a call started under an earlier limit is ignored.
+    pub fn finished(&mut self, ticket: Ticket, sample: Sample) -> Option<Change> {
+        if !self.adaptive || (ticket.0 < self.generation && matches!(sample, Sample::Answered(_))) {
             return None;
         }
         self.window.taken += 1;
@@ -195,13 +217,24 @@ impl Controller {
             return self.set(scaled(self.limit, LATENCY_DECREASE), reason);
         }
         self.baseline = Some(if mean < baseline { mean } else { baseline + BASELINE_WEIGHT * (mean - baseline) });
+        if self.hold > 0 {
+            self.hold -= 1;
+            return None;
+        }
         if self.window.saturated && self.limit < self.cap { self.set(self.limit + 1, Reason::Flat) } else { None }
     }
 
     fn set(&mut self, new: usize, reason: Reason) -> Option<Change> {
         let new = new.clamp(1, self.cap);
         let old = std::mem::replace(&mut self.limit, new);
-        (old != new).then_some(Change { old, new, reason })
+        if new < old {
+            self.hold = PROBE_HOLD;
+        }
+        if old == new {
+            return None;
+        }
+        self.generation += 1;
+        Some(Change { old, new, reason })
     }
 }
 
@@ -237,7 +270,14 @@ mod tests {
     fn window(c: &mut Controller, rtt: Duration) -> Option<Change> {
         let size = c.limit();
         c.saturated();
-        (0..size).map(|_| c.finished(Sample::Answered(rtt))).fold(None, |seen, change| seen.or(change))
+        let ticket = c.ticket();
+        (0..size).map(|_| c.finished(ticket, Sample::Answered(rtt))).fold(None, |seen, change| seen.or(change))
+    }
+
+    /// One call's sample, started now.
+    fn one(c: &mut Controller, sample: Sample) -> Option<Change> {
+        let ticket = c.ticket();
+        c.finished(ticket, sample)
     }
 
     #[test]
@@ -260,16 +300,16 @@ mod tests {
         window(&mut c, ms(100));
         assert_eq!(c.limit(), 3);
         c.saturated();
-        assert_eq!(c.finished(Sample::Answered(ms(100))), None);
-        assert_eq!(c.finished(Sample::Answered(ms(100))), None);
-        assert_eq!(c.finished(Sample::Answered(ms(100))), Some(Change { old: 3, new: 4, reason: Reason::Flat }));
+        assert_eq!(one(&mut c, Sample::Answered(ms(100))), None);
+        assert_eq!(one(&mut c, Sample::Answered(ms(100))), None);
+        assert_eq!(one(&mut c, Sample::Answered(ms(100))), Some(Change { old: 3, new: 4, reason: Reason::Flat }));
     }
 
     #[test]
     fn without_every_slot_busy_a_flat_round_trip_does_not_grow_the_limit() {
         let mut c = Controller::adaptive(8);
         for _ in 0..5 {
-            assert_eq!(c.finished(Sample::Answered(ms(200))), None);
+            assert_eq!(one(&mut c, Sample::Answered(ms(200))), None);
         }
         assert_eq!(c.limit(), 1);
     }
@@ -313,19 +353,19 @@ mod tests {
         while c.limit() < 8 {
             window(&mut c, ms(200));
         }
-        assert_eq!(c.finished(Sample::Failed), Some(Change { old: 8, new: 4, reason: Reason::Failure }));
+        assert_eq!(one(&mut c, Sample::Failed), Some(Change { old: 8, new: 4, reason: Reason::Failure }));
         // The other calls that were in flight fail alike: the same signal.
         for _ in 0..7 {
-            assert_eq!(c.finished(Sample::Failed), None);
+            assert_eq!(one(&mut c, Sample::Failed), None);
         }
         assert_eq!(c.limit(), 4);
         // The next window is new: a failure counts again.
-        assert_eq!(c.finished(Sample::Failed).map(|c| c.new), Some(2));
-        assert_eq!(c.finished(Sample::Failed), None);
+        assert_eq!(one(&mut c, Sample::Failed).map(|c| c.new), Some(2));
+        assert_eq!(one(&mut c, Sample::Failed), None);
         for _ in 0..2 {
-            c.finished(Sample::Failed);
+            one(&mut c, Sample::Failed);
         }
-        assert_eq!(c.finished(Sample::Failed).map(|c| c.new), Some(1));
+        assert_eq!(one(&mut c, Sample::Failed).map(|c| c.new), Some(1));
     }
 
     #[test]
@@ -336,9 +376,9 @@ mod tests {
         window(&mut c, ms(200));
         assert_eq!(c.limit(), 4);
         c.saturated();
-        assert_eq!(c.finished(Sample::Failed).map(|c| c.new), Some(2));
+        assert_eq!(one(&mut c, Sample::Failed).map(|c| c.new), Some(2));
         for _ in 0..3 {
-            assert_eq!(c.finished(Sample::Answered(ms(200))), None);
+            assert_eq!(one(&mut c, Sample::Answered(ms(200))), None);
         }
         assert_eq!(c.limit(), 2);
     }
@@ -350,6 +390,9 @@ mod tests {
         assert_eq!(window(&mut c, ms(500)).map(|c| c.new), Some(1));
         assert_eq!(window(&mut c, ms(500)), None);
         assert_eq!(c.baseline(), Some(ms(500)));
+        for _ in 0..PROBE_HOLD {
+            assert_eq!(window(&mut c, ms(500)), None, "holding after the back-off");
+        }
         assert_eq!(window(&mut c, ms(500)).map(|c| c.new), Some(2), "flat again at the new baseline");
     }
 
@@ -377,10 +420,40 @@ mod tests {
     }
 
     #[test]
+    fn after_backing_off_it_holds_before_probing_again() {
+        let mut c = Controller::adaptive(8);
+        while c.limit() < 5 {
+            window(&mut c, ms(200));
+        }
+        assert_eq!(window(&mut c, ms(400)).map(|c| c.new), Some(4));
+        let held: Vec<Option<Change>> = (0..PROBE_HOLD).map(|_| window(&mut c, ms(200))).collect();
+        assert!(held.iter().all(Option::is_none), "{held:?}");
+        assert_eq!(window(&mut c, ms(200)).map(|c| c.new), Some(5));
+    }
+
+    #[test]
+    fn calls_started_before_a_change_do_not_judge_the_new_limit() {
+        let mut c = Controller::adaptive(8);
+        window(&mut c, ms(200));
+        window(&mut c, ms(200));
+        assert_eq!(c.limit(), 3);
+        let before = c.ticket();
+        window(&mut c, ms(200));
+        assert_eq!(c.limit(), 4);
+        // Slow answers of calls started at limit 3 would otherwise be a rising window.
+        for _ in 0..8 {
+            assert_eq!(c.finished(before, Sample::Answered(ms(900))), None);
+        }
+        assert_eq!(c.limit(), 4);
+        // A failure counts whenever the call started.
+        assert_eq!(c.finished(before, Sample::Failed).map(|c| c.new), Some(2));
+    }
+
+    #[test]
     fn a_fixed_limit_is_the_cap_whatever_happens() {
         let mut c = Controller::fixed(4);
         assert_eq!(c.limit(), 4);
-        assert_eq!(c.finished(Sample::Failed), None);
+        assert_eq!(one(&mut c, Sample::Failed), None);
         assert_eq!(window(&mut c, ms(5000)), None);
         assert_eq!(c.limit(), 4);
         assert_eq!(Controller::fixed(0).limit(), 1);

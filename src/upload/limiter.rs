@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::concurrency::{Change, Controller, Sample};
+use super::concurrency::{Change, Controller, Sample, Ticket};
 
 /// One institution's limiter.
 struct Limiter {
@@ -66,13 +66,14 @@ impl Limiter {
 pub struct Slot {
     limiter: Arc<Limiter>,
     permit: Option<OwnedSemaphorePermit>,
+    ticket: Ticket,
 }
 
 impl Slot {
     /// A call made in this slot ended as `sample` says.
     pub fn observe(&self, sample: Sample) {
         let mut state = self.limiter.state();
-        if let Some(change) = state.controller.finished(sample) {
+        if let Some(change) = state.controller.finished(self.ticket, sample) {
             self.limiter.apply(&mut state, change);
         }
     }
@@ -130,10 +131,14 @@ impl Limiters {
                 Arc::clone(&limiter.semaphore).acquire_owned().await.ok()
             }
         };
-        if limiter.semaphore.available_permits() == 0 {
-            limiter.state().controller.saturated();
-        }
-        Slot { limiter, permit }
+        let ticket = {
+            let mut state = limiter.state();
+            if limiter.semaphore.available_permits() == 0 {
+                state.controller.saturated();
+            }
+            state.controller.ticket()
+        };
+        Slot { limiter, permit, ticket }
     }
 
     /// The current limit of `institution`.
