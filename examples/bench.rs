@@ -32,6 +32,10 @@
 //! 7. back-fill with `els-bridge send` (a file of N rows, platform latency): rows/s vs
 //!    C × 100 / latency, at cap 1 (one call at a time, as `send` did before issue 19), at
 //!    cap C, and at cap C with `[amqp]` (claims and receipts in the ledger);
+//! 8. adaptive concurrency: the backlog drain into a platform that slows under concurrency
+//!    (latency grows with the calls in progress beyond its capacity), with fixed caps 1, 2,
+//!    4, 8 and adaptive with cap 8, side by side: records/s and the most calls in flight
+//!    per institution seen by the simulator;
 //! 9. start-up on a full ledger: the ledger stream filled with D days × R receipted rows
 //!    (a claim, a receipt of 100 rows and a release per call), then a worker started:
 //!    seconds from its start to consuming the work queue, and its peak RSS.
@@ -72,8 +76,8 @@ const EXCHANGE: &str = "els.events";
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmarks of issue 7 against the local RabbitMQ and the simulator", args_override_self = true)]
 struct Args {
-    /// Scenarios to run (1–7, 9), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,9", action = clap::ArgAction::Set, num_args = 1)]
+    /// Scenarios to run (1–9), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9", action = clap::ArgAction::Set, num_args = 1)]
     scenarios: Vec<u8>,
     /// Small sizes for a quick check (each size below can still be given).
     #[arg(long)]
@@ -118,6 +122,19 @@ struct Args {
     /// Platform latency of scenario 6 (ms).
     #[arg(long, default_value_t = 500)]
     scale_latency_ms: u64,
+    /// Events queued before each run of scenario 8 (default 200000; quick 20000).
+    #[arg(long)]
+    adaptive_events: Option<u64>,
+    /// Scenario 8: calls in progress at once (over all institutions) the platform serves at
+    /// its base latency (--backlog-latency-ms).
+    #[arg(long, default_value_t = 6)]
+    congestion_capacity: u64,
+    /// Scenario 8: latency added per call in progress beyond --congestion-capacity (ms).
+    #[arg(long, default_value_t = 200)]
+    congestion_ms: u64,
+    /// batch.adaptive_concurrency of the workers (unset: the worker's default).
+    #[arg(long)]
+    adaptive: Option<bool>,
     /// Publisher confirms outstanding at once.
     #[arg(long, default_value_t = 512)]
     confirm_window: usize,
@@ -158,6 +175,9 @@ impl Args {
     }
     fn scale_events(&self) -> u64 {
         self.scale_events.unwrap_or(if self.quick { 30_000 } else { 200_000 })
+    }
+    fn adaptive_events(&self) -> u64 {
+        self.adaptive_events.unwrap_or(if self.quick { 20_000 } else { 200_000 })
     }
     fn steady_secs(&self) -> u64 {
         self.steady_secs.unwrap_or(if self.quick { 15 } else { 60 })
@@ -667,6 +687,8 @@ struct Sim {
     base: String,
     http: reqwest::Client,
     config: Config,
+    /// (capacity, ms per call beyond it) added to the latency (scenario 8).
+    congestion: Option<(u64, u64)>,
 }
 
 impl Sim {
@@ -701,7 +723,8 @@ impl Sim {
         let base = format!("http://{addr}");
         let client_toml = format!("[platform]\nurl = \"{base}/api/commonInterfaca\"\n{}", institutions_toml());
         let config = Config::from_toml(&client_toml, Vec::new())?;
-        Ok(Sim { proc, base, http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?, config })
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        Ok(Sim { proc, base, http, config, congestion: None })
     }
 
     fn url(&self) -> String {
@@ -716,7 +739,8 @@ impl Sim {
         if ms == 0 {
             self.http.delete(format!("{}/admin/faults/latency", self.base)).send().await?.error_for_status()?;
         } else {
-            let body = serde_json::to_string(&Latency { min_ms: ms, max_ms: ms })?;
+            let (capacity, per_concurrent_ms) = self.congestion.unwrap_or((1, 0));
+            let body = serde_json::to_string(&Latency { capacity, per_concurrent_ms, ..Latency::between(ms, ms) })?;
             self.http
                 .put(format!("{}/admin/faults/latency", self.base))
                 .header("Content-Type", "application/json")
@@ -888,11 +912,12 @@ fn start_worker(args: &Args, dir: &Path, name: &str, amqp_url: &str, platform_ur
     // the default byte budget (worker.max_held_bytes, 128 MiB).
     let toml = format!(
         "[platform]\nurl = \"{platform_url}\"\n\n[amqp]\nurl = \"{amqp_url}\"\nprefetch = {prefetch}\n\n\
-         [batch]\nlinger_ms = {linger}\nmax_in_flight_per_institution = {cap}\n\n\
+         [batch]\nlinger_ms = {linger}\nmax_in_flight_per_institution = {cap}\n{adaptive}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ndrain_deadline_secs = 20\nmax_event_bytes = 16384\n\n{extra}\n{institutions}",
         prefetch = args.prefetch,
         linger = args.linger_ms,
         cap = args.cap,
+        adaptive = args.adaptive.map_or(String::new(), |on| format!("adaptive_concurrency = {on}\n")),
         extra = args.worker_extra,
         institutions = institutions_toml(),
     );
@@ -1110,6 +1135,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 struct Bench {
     args: Args,
+    /// The platform's congestion in the runs of scenario 8 (see [`Sim::congestion`]).
+    congestion: Option<(u64, u64)>,
     events: Events,
     dir: PathBuf,
     results: serde_json::Map<String, Value>,
@@ -1257,7 +1284,8 @@ impl Bench {
         let vhost = Vhost::create(&self.args.amqp, label)?;
         declare(&vhost.url).await?;
         let total = prefill + live.map_or(0, |(n, _)| n);
-        let sim = Sim::start(&self.args, &self.dir, &format!("{label}-simulator"), total / 50 + 100)?;
+        let mut sim = Sim::start(&self.args, &self.dir, &format!("{label}-simulator"), total / 50 + 100)?;
+        sim.congestion = self.congestion;
         let rtt_ms = sim.round_trip_ms(latency_ms, 21).await?;
         sim.set_latency(latency_ms).await?;
         let mut out = json!({ "workers": workers, "latency_ms": latency_ms, "platform_round_trip_ms": round2(rtt_ms),
@@ -1361,6 +1389,9 @@ impl Bench {
         out["worker_max_rss_seen_mib"] = json!(waited.rss_max_kib.iter().map(|k| round2(*k as f64 / 1024.0)).collect::<Vec<_>>());
         out["worker_rss_mib_by_records_accepted"] = json!(waited.rss_series);
         out["rows_accepted_total"] = json!(counters.rows_accepted);
+        out["max_concurrent_calls"] = json!(counters.max_concurrent_calls);
+        out["max_concurrent_calls_by_institution"] = json!(counters.max_concurrent_calls_by_institution);
+        out["concurrency_limit_changes"] = json!(logs.iter().map(|l| l.matches("upload concurrency limit changed").count()).sum::<usize>());
         out["records_updated"] = json!(counters.records_updated);
         out["dead_letters"] = json!(dead);
         out["loadavg"] = json!(format!("{load_start} → {load_end}"));
@@ -1713,8 +1744,14 @@ async fn main() -> Result<()> {
         bail!("{} not found: build it with cargo build --release", args.bin.display());
     }
     std::fs::create_dir_all(&args.out)?;
-    let mut bench =
-        Bench { dir: args.out.clone(), events: Events::new(), args: args.clone(), results: serde_json::Map::new(), summary: String::new() };
+    let mut bench = Bench {
+        dir: args.out.clone(),
+        events: Events::new(),
+        args: args.clone(),
+        congestion: None,
+        results: serde_json::Map::new(),
+        summary: String::new(),
+    };
     bench.machine();
     bench.save()?;
     let run = async {
@@ -1749,6 +1786,7 @@ async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
             5 => bench.backlog().await,
             6 => bench.scale().await,
             7 => bench.backfill().await,
+            8 => adaptive_concurrency(bench).await,
             9 => bench.startup().await,
             other => Err(anyhow!("no scenario {other}")),
         };
@@ -1760,4 +1798,71 @@ async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
         bench.save()?;
     }
     Ok(())
+}
+
+// --- 8. adaptive concurrency (issue 19 item 4) -------------------------------------------
+
+/// Scenario 8: the backlog drain into a platform that slows under concurrency, with fixed
+/// caps 1, 2, 4, 8 and adaptive with cap 8, one after the other in one run.
+async fn adaptive_concurrency(bench: &mut Bench) -> Result<()> {
+    let n = bench.args.adaptive_events();
+    let latency = bench.args.backlog_latency_ms;
+    let (capacity, per_call) = (bench.args.congestion_capacity, bench.args.congestion_ms);
+    bench.note(format!(
+        "## 8. adaptive concurrency: {n} events queued, platform latency {latency} ms + {per_call} ms per call in progress beyond {capacity} (over {} institutions)",
+        INSTITUTIONS.len()
+    ));
+    let saved = (bench.args.cap, bench.args.adaptive);
+    bench.congestion = Some((capacity, per_call));
+    let mut runs = serde_json::Map::new();
+    let mut outcome = Ok(());
+    for (cap, adaptive) in [(1, false), (2, false), (4, false), (8, false), (8, true)] {
+        (bench.args.cap, bench.args.adaptive) = (cap, Some(adaptive));
+        let label = if adaptive { format!("adaptive{cap}") } else { format!("fixed{cap}") };
+        match bench.run_workers(&label, 1, latency, n, None).await {
+            Ok(out) => {
+                bench.note(adaptive_line(&label, cap, &out));
+                runs.insert(label, out);
+            }
+            Err(error) => {
+                outcome = Err(error.context(label));
+                break;
+            }
+        }
+    }
+    (bench.args.cap, bench.args.adaptive) = saved;
+    bench.congestion = None;
+    let summary = adaptive_summary(&runs);
+    bench.note(format!("{summary}\n"));
+    bench.results.insert(
+        "8_adaptive".into(),
+        json!({ "congestion_capacity": capacity, "congestion_ms": per_call, "runs": runs, "summary": summary }),
+    );
+    bench.save()?;
+    outcome
+}
+
+/// One run's line: records/s, the most calls in flight per institution, limit changes.
+fn adaptive_line(label: &str, cap: usize, out: &Value) -> String {
+    let most =
+        out["max_concurrent_calls_by_institution"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).max().unwrap_or(0));
+    let within = if most <= cap as u64 { "within" } else { "OVER" };
+    format!(
+        "- {label}: {} records/s; most calls in flight per institution {most} ({within} the cap {cap}), over all {}; limit changes logged {}; cpu {}; load {}",
+        out["records_accepted_per_s"], out["max_concurrent_calls"], out["concurrency_limit_changes"], out["cpu_cores"], out["loadavg"]
+    )
+}
+
+/// Adaptive against the best fixed cap.
+fn adaptive_summary(runs: &serde_json::Map<String, Value>) -> String {
+    let rate = |label: &str| runs.get(label).and_then(|r| r["records_accepted_per_s"].as_f64());
+    let best =
+        ["fixed1", "fixed2", "fixed4", "fixed8"].into_iter().filter_map(|l| rate(l).map(|r| (l, r))).max_by(|a, b| a.1.total_cmp(&b.1));
+    match (rate("adaptive8"), best) {
+        (Some(adaptive), Some((label, fixed))) => format!(
+            "- adaptive (cap 8) {adaptive:.0} records/s against the best fixed cap ({label}) {fixed:.0}: {:.2} (target ≥ 1.00)",
+            adaptive / fixed
+        ),
+        _ => "- incomplete: no comparison".to_owned(),
+    }
 }

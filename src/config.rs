@@ -234,8 +234,13 @@ pub struct BatchSettings {
     pub max_records: usize,
     /// Flush a partly filled batch after this long.
     pub linger_ms: u64,
-    /// Upload calls in flight at once per institution.
+    /// Upload calls in flight at once per institution: the cap, whatever the platform.
     pub max_in_flight_per_institution: usize,
+    /// Let the worker's calls in flight per institution adapt between 1 and the cap to the
+    /// platform's round trip (AIMD: one more while it stays flat, back off when it rises or
+    /// calls time out or fail transiently); `false` keeps the cap fixed.
+    #[serde(default = "default_adaptive_concurrency")]
+    pub adaptive_concurrency: bool,
     /// Longest time one batch may spend uploading, its bisection of a refused call included
     /// (up to 199 calls for 100 rows); past it, the rows not yet settled are retried later.
     /// Keep it below the broker's consumer timeout (30 minutes by default), after which the
@@ -246,8 +251,18 @@ pub struct BatchSettings {
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        BatchSettings { max_records: 100, linger_ms: 2000, max_in_flight_per_institution: 4, max_upload_secs: default_max_upload_secs() }
+        BatchSettings {
+            max_records: 100,
+            linger_ms: 2000,
+            max_in_flight_per_institution: 4,
+            adaptive_concurrency: default_adaptive_concurrency(),
+            max_upload_secs: default_max_upload_secs(),
+        }
     }
+}
+
+fn default_adaptive_concurrency() -> bool {
+    true
 }
 
 fn default_max_upload_secs() -> u64 {
@@ -739,6 +754,9 @@ mod tests {
     fn defaults_fill_what_the_file_leaves_out() {
         let c = Config::from_toml(TOML, env(&[])).unwrap();
         assert_eq!(c.batch.max_records, 100);
+        assert!(c.batch.adaptive_concurrency, "adaptive concurrency is on unless pinned");
+        let pinned = Config::from_toml(TOML, env(&[("ELS_BRIDGE__BATCH__ADAPTIVE_CONCURRENCY", "false")])).unwrap();
+        assert!(!pinned.batch.adaptive_concurrency);
         assert_eq!(c.retry.max_elapsed_secs, 86_400);
         assert_eq!(c.platform.token_refresh_lead_secs, 240);
         assert!(c.amqp.is_none());

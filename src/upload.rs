@@ -7,13 +7,15 @@
 //! institution) is the caller's decision: those rows come back [`Settled::Unsettled`].
 
 pub mod claimed;
+pub mod concurrency;
+mod limiter;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tracing::Instrument;
+
+use self::concurrency::Sample;
+use self::limiter::Limiters;
 
 use crate::config::Institution;
 use crate::platform::{Call, Outcome, PlatformClient, Tokens};
@@ -47,25 +49,9 @@ pub enum Settled<T> {
 pub struct Uploader {
     client: PlatformClient,
     tokens: Tokens,
-    cap: Option<InFlightCap>,
+    cap: Option<Limiters>,
     /// Longest time one batch may take, bisection included (`batch.max_upload_secs`).
     time_limit: Option<Duration>,
-}
-
-/// A cap on the platform calls in flight per institution, shared by every clone of an
-/// [`Uploader`]. Only the calls count (token, request, resend on code 5): a batch holds a
-/// permit while it talks to the platform, not while it waits for the ledger or settles.
-#[derive(Clone)]
-struct InFlightCap {
-    per_institution: usize,
-    permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-}
-
-impl InFlightCap {
-    fn of(&self, institution: &str) -> Arc<Semaphore> {
-        let mut permits = self.permits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(permits.entry(institution.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_institution))))
-    }
 }
 
 impl Uploader {
@@ -81,11 +67,19 @@ impl Uploader {
         Uploader { time_limit: Some(limit), ..self }
     }
 
-    /// The same, with at most `per_institution` calls in flight per institution over all
-    /// clones (`batch.max_in_flight_per_institution`).
+    /// The same, with exactly `per_institution` calls in flight per institution at most,
+    /// over all clones (`batch.max_in_flight_per_institution`).
     pub fn with_cap(self, per_institution: usize) -> Self {
-        let cap = InFlightCap { per_institution: per_institution.max(1), permits: Arc::default() };
-        Uploader { cap: Some(cap), ..self }
+        self.with_concurrency(per_institution, false)
+    }
+
+    /// The same, with at most `cap` calls in flight per institution over all clones; if
+    /// `adaptive`, the limit moves between 1 and `cap` with the platform's round trip
+    /// (`batch.adaptive_concurrency`, see [`concurrency`]). Only the calls count (token,
+    /// request, resend on code 5): a batch holds a slot while it talks to the platform, not
+    /// while it waits for the ledger or settles.
+    pub fn with_concurrency(self, cap: usize, adaptive: bool) -> Self {
+        Uploader { cap: Some(Limiters::new(cap, adaptive)), ..self }
     }
 
     /// Uploads `rows` (one institution, one infno, at most 100), splitting and bisecting as
@@ -152,11 +146,10 @@ impl Uploader {
             return_code = tracing::field::Empty,
         );
         crate::telemetry::trace::adopt(&span);
-        let cap = self.cap.as_ref().map(|cap| cap.of(&institution.fixmedins_code));
         async {
-            // The semaphore is never closed; without a permit there would be no cap.
-            let _permit = match &cap {
-                Some(cap) => cap.acquire().await.ok(),
+            // One slot for both tries (the resend on code 5 included).
+            let slot = match &self.cap {
+                Some(cap) => Some(cap.acquire(&institution.fixmedins_code).await),
                 None => None,
             };
             let mut call = None;
@@ -167,8 +160,12 @@ impl Uploader {
                 };
                 *calls += 1;
                 let metric = crate::telemetry::metrics::upload_started(&institution.fixmedins_code, infno);
+                let sent = Instant::now();
                 let this = self.client.upload(institution, infno, &token.value, batch.iter().map(|r| &r.record)).await;
                 metric.answered(batch.len(), this.outcome.kind(), this.outcome.return_code());
+                if let Some(slot) = &slot {
+                    slot.observe(sample(&this.outcome, sent.elapsed()));
+                }
                 tracing::Span::current().record("msgid", this.msgid.as_str());
                 if let Some(code) = this.outcome.return_code() {
                     tracing::Span::current().record("return_code", code);
@@ -186,5 +183,14 @@ impl Uploader {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// What an upload's outcome tells the concurrency controller: timeouts and transient
+/// failures are the platform's back-pressure, any other answer a round trip.
+fn sample(outcome: &Outcome, round_trip: Duration) -> Sample {
+    match outcome {
+        Outcome::Transient { .. } => Sample::Failed,
+        _ => Sample::Answered(round_trip),
     }
 }

@@ -372,6 +372,35 @@ async fn latency_delays_every_call() {
 }
 
 #[tokio::test]
+async fn latency_grows_with_the_calls_in_progress_and_the_most_at_once_are_counted() {
+    let sim = TestSimulator::start();
+    // 2 s for the first call, 500 ms more for each call already in progress when one
+    // arrives: three calls sent together all arrive within the first one's 2 s.
+    let view = sim.set_latency_json(&json!({"min_ms": 2000, "max_ms": 2000, "per_concurrent_ms": 500})).await;
+    let latency = view.latency.expect("latency set");
+    assert_eq!((latency.per_concurrent_ms, latency.capacity), (500, 1));
+    let answers = futures_util::future::join_all([sim.fetch_token(0), sim.fetch_token(0), sim.fetch_token(1)]).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK), "{answers:?}");
+    let calls = sim.calls(&CallFilter::default()).await.calls;
+    let mut seen: Vec<(u64, u64)> = calls.iter().map(|c| (c.concurrent, c.latency_ms)).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [(1, 2000), (2, 2500), (3, 3000)]);
+    let counters = sim.counters().await;
+    assert_eq!(counters.max_concurrent_calls, 3);
+    let by: Vec<(&str, u64)> = counters.max_concurrent_calls_by_institution.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(by, [("H32010600021", 1), ("H32128200338", 2)]);
+
+    // A capacity: calls up to it are served at the base latency.
+    sim.reset().await;
+    assert_eq!(sim.counters().await.max_concurrent_calls, 0, "a reset forgets the peaks");
+    sim.set_latency_json(&json!({"min_ms": 2000, "max_ms": 2000, "per_concurrent_ms": 500, "capacity": 2})).await;
+    futures_util::future::join_all([sim.fetch_token(0), sim.fetch_token(0), sim.fetch_token(1)]).await;
+    let mut latencies: Vec<u64> = sim.calls(&CallFilter::default()).await.calls.iter().map(|c| c.latency_ms).collect();
+    latencies.sort_unstable();
+    assert_eq!(latencies, [2000, 2000, 2500]);
+}
+
+#[tokio::test]
 async fn error_rates_answer_a_return_code_or_an_http_status() {
     let sim = TestSimulator::start();
     sim.set_errors(ErrorRate { rate: 1.0, answer: ErrorAnswer::ReturnCode(6) }).await;

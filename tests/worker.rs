@@ -1,5 +1,6 @@
 //! `els-bridge worker` against a real RabbitMQ (a vhost per test) and the real simulator:
-//! assertions read the simulator's records and call log and the queues, never logs.
+//! assertions read the simulator's records and call log and the queues, never logs (but
+//! for the log line that adaptive concurrency promises when its limit changes).
 
 mod common;
 
@@ -492,5 +493,55 @@ async fn queues_of_an_earlier_release_are_used_as_they_are_and_the_operator_is_t
     let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("created by an earlier release without a delivery limit")).collect();
     assert_eq!(warnings.len(), 1, "one warning:\n{logs}");
     assert!(warnings[0].contains("els.events, els.dead") && warnings[0].contains("set_policy"), "{}", warnings[0]);
+    amqp.close().await;
+}
+
+/// The worker's `els_upload_concurrency_limit` of institution `code` (None before its
+/// first call, or while `/metrics` does not answer).
+async fn concurrency_limit(port: u16, code: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    let series = format!("els_upload_concurrency_limit{{institution=\"{code}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_concurrency_grows_to_the_cap_on_a_flat_platform_and_backs_off_when_it_slows_under_load() {
+    let World { sim, vhost, amqp } = World::with_institutions("adaptive", 1).await;
+    let code = sim.institution(0).code.clone();
+    sim.set_latency(150, 150).await;
+    let toml = worker_toml(vhost.url(), 100)
+        .replace("prefetch = 500", "prefetch = 1250")
+        .replace("[batch]\n", "[batch]\nmax_in_flight_per_institution = 4\n");
+    let config = sim.write_client_config("worker.toml", &toml);
+    // 30 calls' worth: enough to keep 4 calls busy while the limit grows (6 calls) and
+    // backs off (a window of 4 slow calls).
+    let (events, expected) = first_wave(&[&code], 500);
+    amqp.publish(&events).await;
+    let mut worker = WorkerProcess::start(&config, "worker");
+    let port = worker.http_port(Duration::from_secs(30));
+
+    eventually("the limit to grow to the cap of 4", Duration::from_secs(60), async || {
+        (concurrency_limit(port, &code).await == Some(4)).then_some(())
+    })
+    .await;
+    // The platform slows under load: each call in progress beyond the first adds 400 ms.
+    sim.set_latency_json(&json!({"min_ms": 150, "max_ms": 150, "per_concurrent_ms": 400})).await;
+    eventually("the limit to back off below 4", Duration::from_secs(60), async || {
+        concurrency_limit(port, &code).await.filter(|limit| *limit < 4)
+    })
+    .await;
+    let logs = worker.logs();
+    let changes: Vec<&str> = logs.lines().filter(|l| l.contains("upload concurrency limit changed")).collect();
+    assert!(changes.iter().any(|l| l.contains("round trip flat")), "{logs}");
+    assert!(changes.iter().any(|l| l.contains("round trip rising") && l.contains(&code)), "{logs}");
+    // The platform is fast again: the rest drains.
+    sim.clear_fault("latency").await;
+
+    wait_until_stored(&sim, &expected, Duration::from_secs(120)).await;
+    let counters = sim.counters().await;
+    let most = counters.max_concurrent_calls_by_institution.get(&code).copied();
+    assert!(most.is_some_and(|n| (1..=4).contains(&n)), "never more than the cap in flight: {counters:?}");
+    assert_calls_are_well_formed(&sim).await;
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
     amqp.close().await;
 }

@@ -12,7 +12,9 @@ use serde_json::Value;
 use crate::spec::Infno;
 
 /// `PUT /admin/faults/latency`: every interface call waits this long before it is handled,
-/// a uniformly drawn time between `min_ms` and `max_ms` (equal for a fixed latency).
+/// a uniformly drawn time between `min_ms` and `max_ms` (equal for a fixed latency), plus
+/// `per_concurrent_ms` for each call in progress beyond `capacity` when it arrives (itself
+/// included): a platform that slows under concurrency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Latency {
@@ -20,6 +22,37 @@ pub struct Latency {
     pub min_ms: u64,
     /// The longest added latency, in milliseconds.
     pub max_ms: u64,
+    /// Added latency per call in progress beyond `capacity`, in milliseconds (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_concurrent_ms: u64,
+    /// Calls in progress at once (over all institutions) served without `per_concurrent_ms`.
+    #[serde(default = "default_capacity", skip_serializing_if = "is_default_capacity")]
+    pub capacity: u64,
+}
+
+impl Latency {
+    /// A latency between `min_ms` and `max_ms`, whatever the concurrency.
+    pub fn between(min_ms: u64, max_ms: u64) -> Self {
+        Latency { min_ms, max_ms, per_concurrent_ms: 0, capacity: default_capacity() }
+    }
+
+    /// What concurrency adds to a call arriving while `in_progress` calls are in progress,
+    /// itself included.
+    pub fn congestion_ms(&self, in_progress: u64) -> u64 {
+        self.per_concurrent_ms.saturating_mul(in_progress.saturating_sub(self.capacity))
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn default_capacity() -> u64 {
+    1
+}
+
+fn is_default_capacity(n: &u64) -> bool {
+    *n == default_capacity()
 }
 
 /// What an injected error answers.
@@ -213,6 +246,9 @@ pub struct CallView {
     pub fault: Option<FaultKind>,
     /// Latency added by the latency fault, in milliseconds.
     pub latency_ms: u64,
+    /// Calls in progress when it arrived, itself included (over all institutions).
+    #[serde(default)]
+    pub concurrent: u64,
 }
 
 /// Answer of `GET /admin/calls`.
@@ -284,6 +320,12 @@ pub struct Counters {
     pub tokens_issued: u64,
     /// Calls counted against the daily limit, per institution (today's or the last day seen).
     pub daily_calls: Vec<DailyCalls>,
+    /// The most calls in progress at once, over all institutions.
+    #[serde(default)]
+    pub max_concurrent_calls: u64,
+    /// The most calls in progress at once per institution (by the call's access key).
+    #[serde(default)]
+    pub max_concurrent_calls_by_institution: BTreeMap<String, u64>,
 }
 
 /// Answer of `GET /admin/settings`: the command-line settings in force.

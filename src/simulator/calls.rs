@@ -123,6 +123,7 @@ mod tests {
             http_status: Some(200),
             fault: None,
             latency_ms: 0,
+            concurrent: 0,
         }
     }
 

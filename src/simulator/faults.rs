@@ -83,12 +83,14 @@ fn roll(rate: f64) -> bool {
 }
 
 impl Faults {
-    /// Decides the fate of a call arriving at `now`: its latency, then an outage, a timeout
-    /// (the counted ones first) or an injected error, in that order of precedence.
-    pub fn plan(&self, now: DateTime<Utc>) -> Plan {
+    /// Decides the fate of a call arriving at `now` while `in_progress` calls are in
+    /// progress (itself included): its latency, then an outage, a timeout (the counted ones
+    /// first) or an injected error, in that order of precedence.
+    pub fn plan(&self, now: DateTime<Utc>, in_progress: u64) -> Plan {
         let mut state = lock(&self.state);
         let delay = state.latency.map_or(Duration::ZERO, |l| {
-            Duration::from_millis(if l.min_ms == l.max_ms { l.min_ms } else { rand::rng().random_range(l.min_ms..=l.max_ms) })
+            let drawn = if l.min_ms == l.max_ms { l.min_ms } else { rand::rng().random_range(l.min_ms..=l.max_ms) };
+            Duration::from_millis(drawn.saturating_add(l.congestion_ms(in_progress)))
         });
         if state.outage_until.is_some_and(|until| now >= until) {
             state.outage_until = None;
@@ -208,14 +210,25 @@ mod tests {
     fn counted_timeouts_come_first_then_errors_by_rate() {
         let faults = Faults::default();
         let now = Utc::now();
-        assert_eq!(faults.plan(now), Plan { delay: Duration::ZERO, injected: None });
+        assert_eq!(faults.plan(now, 1), Plan { delay: Duration::ZERO, injected: None });
         faults.set_timeouts(Timeouts { next: 2, rate: 0.0, mode: TimeoutMode::Close, hang_ms: 1, processed: false }).expect("valid");
         faults.set_errors(ErrorRate { rate: 1.0, answer: ErrorAnswer::ReturnCode(6) }).expect("valid");
         let timeout = Some(Injected::Timeout { mode: TimeoutMode::Close, hang: Duration::from_millis(1), processed: false });
-        assert_eq!(faults.plan(now).injected, timeout);
-        assert_eq!(faults.plan(now).injected, timeout);
-        assert_eq!(faults.plan(now).injected, Some(Injected::Error(ErrorAnswer::ReturnCode(6))));
+        assert_eq!(faults.plan(now, 1).injected, timeout);
+        assert_eq!(faults.plan(now, 1).injected, timeout);
+        assert_eq!(faults.plan(now, 1).injected, Some(Injected::Error(ErrorAnswer::ReturnCode(6))));
         assert_eq!(faults.view(now).timeouts.map(|t| t.next), Some(0));
+    }
+
+    #[test]
+    fn latency_grows_with_the_calls_in_progress_beyond_the_capacity() {
+        let faults = Faults::default();
+        let now = Utc::now();
+        faults.set_latency(Latency { per_concurrent_ms: 50, capacity: 2, ..Latency::between(100, 100) }).expect("valid");
+        let delays: Vec<Duration> = (1..=4).map(|n| faults.plan(now, n).delay).collect();
+        assert_eq!(delays, [100, 100, 150, 200].map(Duration::from_millis));
+        faults.set_latency(Latency { per_concurrent_ms: 10, ..Latency::between(0, 0) }).expect("valid");
+        assert_eq!(faults.plan(now, 3).delay, Duration::from_millis(20), "by default every other call in progress counts");
     }
 
     #[test]
@@ -224,16 +237,16 @@ mod tests {
         let now = Utc::now();
         faults.set_errors(ErrorRate { rate: 1.0, answer: ErrorAnswer::HttpStatus(500) }).expect("valid");
         faults.set_outage(Outage { secs: 10 }, now).expect("valid");
-        assert_eq!(faults.plan(now).injected, Some(Injected::Outage));
+        assert_eq!(faults.plan(now, 1).injected, Some(Injected::Outage));
         let later = now + TimeDelta::seconds(10);
-        assert_eq!(faults.plan(later).injected, Some(Injected::Error(ErrorAnswer::HttpStatus(500))));
+        assert_eq!(faults.plan(later, 1).injected, Some(Injected::Error(ErrorAnswer::HttpStatus(500))));
         assert_eq!(faults.view(later).outage_until, None);
     }
 
     #[test]
     fn invalid_settings_are_refused() {
         let faults = Faults::default();
-        assert_eq!(faults.set_latency(Latency { min_ms: 5, max_ms: 1 }), Err(InvalidFault::LatencyRange));
+        assert_eq!(faults.set_latency(Latency::between(5, 1)), Err(InvalidFault::LatencyRange));
         assert_eq!(faults.set_errors(ErrorRate { rate: 1.5, answer: ErrorAnswer::ReturnCode(6) }), Err(InvalidFault::Rate));
         assert_eq!(faults.set_errors(ErrorRate { rate: 0.5, answer: ErrorAnswer::HttpStatus(200) }), Err(InvalidFault::HttpStatus));
         assert_eq!(faults.set_outage(Outage { secs: u64::MAX }, Utc::now()), Err(InvalidFault::OutageLength));

@@ -66,6 +66,13 @@ impl Gateway {
         Gateway { by_access_key, tolerance }
     }
 
+    /// The institution whose access key the call gives, before any check (to count its
+    /// calls in progress).
+    pub fn claimed(&self, headers: &HeaderMap) -> Option<&str> {
+        let access_key = headers.get("_api_access_key")?.to_str().ok()?;
+        self.by_access_key.get(access_key).map(|i| i.fixmedins_code.as_str())
+    }
+
     /// The institution that signed the call, or why the call is refused.
     pub fn check(&self, headers: &HeaderMap, now: DateTime<Utc>) -> Result<&Institution, GatewayError> {
         let header = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or(GatewayError::MissingHeader(name));

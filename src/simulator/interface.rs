@@ -31,11 +31,14 @@ pub const PATH: &str = "/api/commonInterfaca";
 /// Handles a call to the interface.
 pub async fn interface(State(sim): State<Arc<Simulator>>, headers: HeaderMap, bytes: Bytes) -> Response {
     let received = sim.now();
-    let plan = sim.faults.plan(received);
+    let in_progress = sim.load.enter(sim.gateway.claimed(&headers));
+    let concurrent = in_progress.concurrent;
+    let plan = sim.faults.plan(received, concurrent);
     sim.pause(plan.delay).await;
     let body = Body::parse(&bytes);
     let mut call = new_call(PATH, received, body.as_ref().ok());
     call.latency_ms = u64::try_from(plan.delay.as_millis()).unwrap_or(u64::MAX);
+    call.concurrent = concurrent;
     let response = match plan.injected {
         None => platform(&sim, &headers, body, received, &mut call),
         Some(Injected::Outage) => {
@@ -150,6 +153,7 @@ fn new_call(path: &str, received: DateTime<Utc>, body: Option<&Body>) -> CallVie
         http_status: None,
         fault: None,
         latency_ms: 0,
+        concurrent: 0,
     }
 }
 

@@ -14,6 +14,7 @@ mod faults;
 mod gateway;
 mod interface;
 mod limits;
+mod load;
 mod records;
 mod reply;
 mod request;

@@ -11,6 +11,7 @@ use super::calls::CallLog;
 use super::faults::Faults;
 use super::gateway::Gateway;
 use super::limits::DailyLimits;
+use super::load::Load;
 use super::records::Records;
 use super::reply::RefMsgIds;
 use super::tokens::Tokens;
@@ -33,6 +34,8 @@ pub struct Simulator {
     pub limits: DailyLimits,
     /// Injected faults.
     pub faults: Faults,
+    /// Calls in progress and the most at once.
+    pub load: Load,
     /// The platform's own message ids.
     pub refmsgids: RefMsgIds,
     /// Cancelled at shutdown, ending hung calls and latency early.
@@ -51,6 +54,7 @@ impl Simulator {
             calls: CallLog::new(settings.call_log_capacity),
             limits: DailyLimits::new(settings.daily_call_limit),
             faults: Faults::default(),
+            load: Load::default(),
             refmsgids: RefMsgIds::default(),
             shutdown: CancellationToken::new(),
             institutions: codes,
@@ -58,13 +62,14 @@ impl Simulator {
         }
     }
 
-    /// Forgets every record, token, logged call, count and fault.
+    /// Forgets every record, token, logged call, count, fault and peak of concurrency.
     pub fn reset(&self) {
         self.faults.clear();
         self.tokens.clear();
         self.records.clear();
         self.calls.clear();
         self.limits.clear();
+        self.load.clear_peaks();
     }
 
     /// The platform's clock: this host's, shifted by [`Settings::clock_offset`].
@@ -85,7 +90,10 @@ impl Simulator {
     /// Every total: calls, records, tokens and daily counts.
     pub fn counters(&self) -> Counters {
         let records = self.records.totals();
+        let (max_concurrent_calls, max_concurrent_calls_by_institution) = self.load.peaks();
         Counters {
+            max_concurrent_calls,
+            max_concurrent_calls_by_institution,
             records_stored: records.stored,
             records_created: records.created,
             records_updated: records.updated,

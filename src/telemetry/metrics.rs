@@ -15,6 +15,7 @@
 //! | `els_upload_batch_rows` | histogram | `institution`, `infno` | rows per upload call |
 //! | `els_upload_duration_seconds` | histogram | `institution`, `infno` | time from sending an upload call to its classified answer |
 //! | `els_uploads_in_flight` | gauge | `institution` | upload calls waiting for their answer |
+//! | `els_upload_concurrency_limit` | gauge | `institution` | upload calls allowed in flight now: between 1 and `batch.max_in_flight_per_institution` with `batch.adaptive_concurrency`, else that cap |
 //! | `els_token_refreshes_total` | counter | `institution`, `result` | ELS7001 calls: `issued` (a new token), `not_issued` (the platform says a valid one exists), `failed` |
 //! | `els_retries_total` | counter | `institution` | messages parked in a delay queue after a transient failure (each counts once per retry) |
 //! | `els_dead_letters_total` | counter | `reason` | messages moved to the dead-letter queue: `invalid`, `rejected`, `exhausted` |
@@ -143,6 +144,7 @@ struct Instruments {
     batch_rows: Histogram<u64>,
     upload_duration: Histogram<f64>,
     uploads_in_flight: UpDownCounter<i64>,
+    concurrency_limit: Gauge<u64>,
     token_refreshes: Counter<u64>,
     retries: Counter<u64>,
     dead_letters: Counter<u64>,
@@ -183,6 +185,11 @@ impl Instruments {
                 .i64_up_down_counter("els.uploads.in_flight")
                 .with_unit("{call}")
                 .with_description("Upload calls waiting for their answer")
+                .build(),
+            concurrency_limit: meter
+                .u64_gauge("els.upload.concurrency.limit")
+                .with_unit("{call}")
+                .with_description("Upload calls allowed in flight now (adaptive between 1 and the configured cap)")
                 .build(),
             token_refreshes: meter
                 .u64_counter("els.token.refreshes")
@@ -381,6 +388,11 @@ impl Drop for UploadCall {
     }
 }
 
+/// The institution's upload calls allowed in flight are now `limit`.
+pub fn concurrency_limit(code: &str, limit: usize) {
+    INSTRUMENTS.concurrency_limit.record(u64::try_from(limit).unwrap_or(u64::MAX), &[institution(code)]);
+}
+
 /// A delivery was taken from the work queue.
 pub fn delivery_taken() {
     UNSETTLED.fetch_add(1, Ordering::Relaxed);
@@ -433,6 +445,10 @@ mod tests {
         assert!(text.contains("# TYPE els_upload_duration_seconds histogram"), "{text}");
         assert!(text.contains(r#"els_upload_batch_rows_sum{infno="ELS7002",institution="H00000000001"} 7"#), "{text}");
         assert!(text.contains(r#"els_uploads_in_flight{institution="H00000000001"} 0"#), "{text}");
+        concurrency_limit("H00000000001", 3);
+        let text = render();
+        assert!(text.contains("# TYPE els_upload_concurrency_limit gauge"), "{text}");
+        assert!(text.contains(r#"els_upload_concurrency_limit{institution="H00000000001"} 3"#), "{text}");
         assert!(text.contains(r#"els_dead_letters_total{reason="invalid"}"#), "{text}");
         assert!(!text.contains("otel_scope"), "{text}");
     }

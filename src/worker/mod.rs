@@ -223,7 +223,7 @@ async fn prepare(
     let tokens = Tokens::new(store, client.clone(), Duration::from_secs(config.platform.token_refresh_lead_secs));
     let pipeline = Pipeline {
         uploader: Uploader::new(client, tokens)
-            .with_cap(config.batch.max_in_flight_per_institution)
+            .with_concurrency(config.batch.max_in_flight_per_institution, config.batch.adaptive_concurrency)
             .with_time_limit(Duration::from_secs(config.batch.max_upload_secs)),
         settler,
         holds: holds.clone(),

@@ -385,7 +385,12 @@ impl TestSimulator {
 
     /// `PUT /admin/faults/latency`.
     pub async fn set_latency(&self, min_ms: u64, max_ms: u64) -> FaultsView {
-        self.admin_put("/admin/faults/latency", &Latency { min_ms, max_ms }).await
+        self.admin_put("/admin/faults/latency", &Latency::between(min_ms, max_ms)).await
+    }
+
+    /// `PUT /admin/faults/latency` with a body of any shape, e.g. with `per_concurrent_ms`.
+    pub async fn set_latency_json(&self, body: &Value) -> FaultsView {
+        self.admin_put("/admin/faults/latency", body).await
     }
 
     /// `PUT /admin/faults/errors`.
