@@ -2,11 +2,14 @@
 //! broker (back-filling history).
 //!
 //! Rows are validated, grouped in file order into calls of at most `batch.max_records`,
-//! uploaded one call at a time (so a correction later in a file always lands after the row
-//! it corrects), retried with backoff on transient failures, and bisected when the platform
-//! refuses a call, so that only the refused rows fail. Failed rows go to
-//! `FILE.rejects.jsonl` next to each input, one JSON object a line:
-//! `{"line": N, "reason": "...", "return_code": 13, "data": {...}}`.
+//! uploaded up to `batch.max_in_flight_per_institution` calls at once (a call holding a key
+//! of an unsettled earlier call waits for it, so a correction later in a file always lands
+//! after the row it corrects: `flights.rs`), retried with backoff on transient failures, and
+//! bisected when the platform refuses a call, so that only the refused rows fail. Failed
+//! rows go to `FILE.rejects.jsonl` next to each input, one JSON object a line:
+//! `{"line": N, "reason": "...", "return_code": 13, "data": {...}}`; what was accepted or
+//! refused goes to `FILE.progress.jsonl`, so that a run started again sends only what is
+//! left (`progress.rs`).
 //!
 //! The access token is shared with every other sender of the institution: through the
 //! broker when `[amqp]` is configured (the worker fleet's token, and every accepted call
