@@ -193,6 +193,15 @@ pub async fn close(connection: &Connection, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
 }
 
+/// Closes `channel` with `reason` if it is open, waiting for the broker's answer at most
+/// [`CLOSE_TIMEOUT`]. A channel dropped open is closed by lapin in the background, and that
+/// close can race the connection's (lapin then logs a hard error, UNEXPECTED-FRAME).
+pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ pub mod publisher;
 pub mod token_store;
 pub mod topology;
 
-pub use connect::{close, connect};
+pub use connect::{close, close_channel, connect};
 pub use msgid_slot::claim_msgid_slot;
 pub use publisher::Publisher;
 pub use token_store::AmqpTokenStore;

@@ -174,7 +174,8 @@ impl<'a> Publishing<'a> {
     /// Connects with backoff until it works, `max_retry` passes or the run is interrupted.
     async fn connect(&mut self) -> Result<(), Stop> {
         if let Some(old) = self.connection.take() {
-            self.channel = None;
+            // The channel is dropped after the close: see `broker::close_channel`.
+            let _channel = self.channel.take();
             broker::close(&old, "reconnecting").await;
         }
         let started = Instant::now();

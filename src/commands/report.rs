@@ -160,8 +160,9 @@ async fn read_ledger<F: Fold<Change = ledger::Entry>, R>(
     let log = StreamLog::open(&connection, &settings, Counted { fold, progress: progress.clone() }).await?;
     progress.finish_and_clear();
     let result = log.read(|counted| finish(&counted.fold))?;
-    drop(log);
+    // Closed while the stream's channel is open (dropped first, it would race the close).
     broker::close(&connection, "done").await;
+    drop(log);
     Ok(result)
 }
 

@@ -180,21 +180,24 @@ async fn connect_and_run(
         connected = broker::connect(amqp, "els-bridge worker") => connected?,
         () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
     };
+    let on_consuming = |consuming: bool| health.set_consuming(consuming);
+    let mut session = None;
     let result = async {
         let (pipeline, streams_lost) = tokio::select! {
             prepared = prepare(config, amqp, holds, &connection) => prepared?,
             () = shutdown.cancelled() => return Ok(SessionEnd::Drained),
         };
-        let on_consuming = |consuming: bool| health.set_consuming(consuming);
-        let session = Session { config, amqp, pipeline, on_consuming: &on_consuming, streams_lost };
+        let session = session.insert(Session { config, amqp, pipeline, on_consuming: &on_consuming, streams_lost });
         session.run(&connection, shutdown).await
     }
     .await;
     if connection.status().connected() {
-        // lapin can fail to complete a close that races the automatic close of dropped
-        // channels; the broker requeues whatever is unacked either way.
+        // Closed while the session still holds its channels: a channel dropped first closes
+        // itself, and a Channel.CloseOk that arrives during the connection's close makes lapin
+        // log a hard error (UNEXPECTED-FRAME). The broker requeues whatever is unacked.
         broker::close(&connection, "bye").await;
     }
+    drop(session);
     result
 }
 

@@ -20,7 +20,7 @@ use super::acks::{Ack, AckWindow, Tag};
 use super::lanes::{Batch, LaneKey, Lanes};
 use super::pipeline::Pipeline;
 use super::settle::{Settlement, send_ack};
-use crate::broker::BrokerError;
+use crate::broker::{self, BrokerError};
 use crate::config::{AmqpSettings, Config};
 use crate::event::{self, Institutions};
 
@@ -67,7 +67,9 @@ struct Done {
 impl Session<'_> {
     /// Consumes until the connection is lost (an error) or `shutdown` is cancelled and the
     /// drain is over.
-    pub async fn run(self, connection: &Connection, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
+    /// The session's own channels stay open until the caller closes the connection; the
+    /// consume channel is closed here once its last acks are confirmed.
+    pub async fn run(&self, connection: &Connection, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
         let prefetch = self.config.worker_prefetch();
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -77,7 +79,7 @@ impl Session<'_> {
         let max_event_bytes = self.config.worker.max_event_bytes;
         tracing::info!(queue, prefetch, max_event_bytes, "consuming");
 
-        let mut flow = Flow::new(&self, prefetch);
+        let mut flow = Flow::new(self, prefetch);
         let result = flow.consume(&channel, &mut consumer, shutdown).await;
         (self.on_consuming)(false);
         if result.is_err() {
@@ -89,6 +91,8 @@ impl Session<'_> {
             send_acks(flow.acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
+        // Closed before it is dropped: see `broker::close_channel`.
+        broker::close_channel(&channel, "session over").await;
         crate::telemetry::metrics::session_ended();
         result
     }

@@ -71,9 +71,10 @@ impl Link {
         }
     }
 
-    /// Releases the slot (and the broker connection).
+    /// Releases the slot (and the broker connection). The connection is closed while the
+    /// ledger's and the token store's channels are open: dropped first, they would close
+    /// themselves in a race with it.
     pub(super) async fn close(self) {
-        drop(self.ledger);
         match self.holder {
             SlotHolder::Local(slot) => drop(slot),
             SlotHolder::Broker(connection) => broker::close(&connection, "done").await,
