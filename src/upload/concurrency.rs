@@ -15,7 +15,12 @@
 //!   window, so that a burst of calls failing together counts as one signal;
 //! - after backing off, it holds for [`PROBE_HOLD`] flat windows before it probes upwards
 //!   again: each probe past the platform's capacity slows every call, so probing less often
-//!   than every round trip pays (measured in BENCHMARKS.md, issue 19).
+//!   than every round trip pays (measured in BENCHMARKS.md, issue 19);
+//! - the limit at which the round trip last rose is its *ceiling*: growing to the ceiling
+//!   or beyond takes [`CEILING_HOLD`] flat windows at the limit below. Near the platform's
+//!   capacity it probes seldom, and far below it grows as fast as before. On a platform
+//!   shared with other institutions (or other hospitals), whose probes slow every caller,
+//!   that keeps the sum of the limits at the capacity most of the time instead of above it.
 //!
 //! Only calls started under the current limit judge it: the round trips of calls started
 //! before a change ([`Ticket`]) are ignored, so that an overshoot is not punished twice.
@@ -44,6 +49,8 @@ pub const LATENCY_DECREASE: f64 = 0.9;
 pub const FAILURE_DECREASE: f64 = 0.5;
 /// Flat windows after a back-off before the limit grows again.
 pub const PROBE_HOLD: u32 = 4;
+/// Flat windows before the limit grows to the ceiling (the last limit that rose) or beyond.
+pub const CEILING_HOLD: u32 = 16;
 
 /// Which limit a call started under, given back with its [`Sample`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,18 +143,27 @@ pub struct Controller {
     generation: u64,
     /// Flat windows still to pass before the limit may grow.
     hold: u32,
+    /// The last limit at which the round trip rose, if any.
+    ceiling: Option<usize>,
+    /// Whether the limit already held [`CEILING_HOLD`] windows before its next step.
+    ceiling_held: bool,
 }
 
 impl Controller {
     /// A limit between 1 and `cap` (at least 1) that adapts to the round trip, starting at 1.
     pub fn adaptive(cap: usize) -> Self {
-        Controller { cap: cap.max(1), limit: 1, adaptive: true, baseline: None, window: Window::new(1), generation: 0, hold: 0 }
+        Controller::new(cap.max(1), 1, true)
     }
 
     /// A limit fixed at `cap` (at least 1): samples change nothing.
     pub fn fixed(cap: usize) -> Self {
         let cap = cap.max(1);
-        Controller { cap, limit: cap, adaptive: false, baseline: None, window: Window::new(cap), generation: 0, hold: 0 }
+        Controller::new(cap, cap, false)
+    }
+
+    fn new(cap: usize, limit: usize, adaptive: bool) -> Self {
+        let window = Window::new(limit);
+        Controller { cap, limit, adaptive, baseline: None, window, generation: 0, hold: 0, ceiling: None, ceiling_held: false }
     }
 
     /// Calls allowed in flight now.
@@ -209,11 +225,14 @@ impl Controller {
         let baseline = *self.baseline.get_or_insert(mean);
         if is_rising(mean, baseline) {
             if self.limit == 1 {
-                // Nothing left to back off: the platform is slower for everyone.
+                // Nothing left to back off: the platform is slower for everyone, and the
+                // ceiling was judged against the old baseline.
                 self.baseline = Some(mean);
+                self.ceiling = None;
                 return None;
             }
             let reason = Reason::Rising { rtt: micros(mean), baseline: micros(baseline) };
+            self.ceiling = Some(self.limit);
             return self.set(scaled(self.limit, LATENCY_DECREASE), reason);
         }
         self.baseline = Some(mean.min(baseline));
@@ -221,7 +240,15 @@ impl Controller {
             self.hold -= 1;
             return None;
         }
-        if self.window.saturated && self.limit < self.cap { self.set(self.limit + 1, Reason::Flat) } else { None }
+        if !self.window.saturated || self.limit == self.cap {
+            return None;
+        }
+        if self.ceiling.is_some_and(|ceiling| self.limit + 1 >= ceiling) && !self.ceiling_held {
+            self.ceiling_held = true;
+            self.hold = CEILING_HOLD - 1;
+            return None;
+        }
+        self.set(self.limit + 1, Reason::Flat)
     }
 
     fn set(&mut self, new: usize, reason: Reason) -> Option<Change> {
@@ -234,6 +261,7 @@ impl Controller {
             return None;
         }
         self.generation += 1;
+        self.ceiling_held = false;
         Some(Change { old, new, reason })
     }
 }
@@ -423,15 +451,57 @@ mod tests {
     }
 
     #[test]
+    fn two_institutions_sharing_a_congested_platform_stay_at_its_capacity_most_of_the_time() {
+        // Bench scenario 8: 6 calls at once at 200 ms, each call beyond adding 200 ms to all.
+        let mut institutions = [Controller::adaptive(8), Controller::adaptive(8)];
+        let mut sums = vec![];
+        for _ in 0..400 {
+            let sum = institutions.iter().map(Controller::limit).sum::<usize>() as u64;
+            for c in &mut institutions {
+                window(c, ms(200 + 200 * sum.saturating_sub(6)));
+            }
+            sums.push(sum);
+        }
+        let steady = &sums[50..];
+        let share = |f: fn(u64) -> bool| steady.iter().filter(|s| f(**s)).count() as f64 / steady.len() as f64;
+        assert!(share(|s| s > 6) < 0.10, "above the capacity {:.2} of the windows: {sums:?}", share(|s| s > 6));
+        assert!(share(|s| s >= 5) > 0.80, "at most one below the capacity {:.2}: {sums:?}", share(|s| s >= 5));
+    }
+
+    #[test]
     fn after_backing_off_it_holds_before_probing_again() {
         let mut c = Controller::adaptive(8);
         while c.limit() < 5 {
             window(&mut c, ms(200));
         }
         assert_eq!(window(&mut c, ms(400)).map(|c| c.new), Some(4));
-        let held: Vec<Option<Change>> = (0..PROBE_HOLD).map(|_| window(&mut c, ms(200))).collect();
+        // The hold after the back-off, then the longer one before the ceiling (5).
+        let held: Vec<Option<Change>> = (0..PROBE_HOLD + CEILING_HOLD).map(|_| window(&mut c, ms(200))).collect();
         assert!(held.iter().all(Option::is_none), "{held:?}");
-        assert_eq!(window(&mut c, ms(200)).map(|c| c.new), Some(5));
+        assert_eq!(window(&mut c, ms(200)).map(|c| c.new), Some(5), "probing the ceiling");
+        // Flat at the ceiling: beyond it, the same longer hold before each step.
+        let held: Vec<Option<Change>> = (0..CEILING_HOLD).map(|_| window(&mut c, ms(200))).collect();
+        assert!(held.iter().all(Option::is_none), "{held:?}");
+        assert_eq!(window(&mut c, ms(200)).map(|c| c.new), Some(6));
+    }
+
+    #[test]
+    fn far_below_the_ceiling_it_grows_one_step_per_window() {
+        let mut c = Controller::adaptive(30);
+        while c.limit() < 30 {
+            window(&mut c, ms(200));
+        }
+        assert_eq!(window(&mut c, ms(400)).map(|c| c.new), Some(27));
+        assert_eq!(one(&mut c, Sample::Failed).map(|c| c.new), Some(13), "a failure leaves the ceiling at 30");
+        let mut held = 0;
+        while window(&mut c, ms(200)).is_none() {
+            held += 1;
+            assert!(held <= PROBE_HOLD + 2, "the hold after a back-off (and the rest of the failed window)");
+        }
+        assert_eq!(c.limit(), 14);
+        let steps: Vec<usize> = (0..15).map(|_| window(&mut c, ms(200)).map_or(0, |c| c.new)).collect();
+        assert_eq!(steps, (15..=29).collect::<Vec<_>>(), "up to the step below the ceiling, one per window");
+        assert_eq!(window(&mut c, ms(200)), None, "then it holds");
     }
 
     #[test]
