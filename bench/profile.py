@@ -23,13 +23,16 @@ STAGES = [
     ("  Session::intake (validation at the edge)", r"Session::intake|session::\{impl#\d+\}::intake"),
     ("    event::parse (JSON → validated record)", r"els_bridge::event::parse"),
     ("batch tasks (Session::dispatch → pipeline)", r"Session::dispatch::\{\{closure\}\}|worker::pipeline::"),
-    ("  upload (rows → JSON, envelope, signature, HTTP)", r"els_bridge::upload::|upload::\{impl#\d+\}::attempt"),
+    ("  upload (rows → JSON, envelope, signature, HTTP)", r"els_bridge::upload::(?!(Row|Settled|claimed::Claimed)\b)|upload::\{impl#\d+\}::attempt"),
     ("  ledger claim / receipt / release (stream appends)", r"ledger::\{impl#\d+\}::(claim|receipt|release)|ledger::Ledger::(claim|receipt|release)|ReceiptRow|publish_and_wait|broker::log::StreamLog.*append"),
-    ("  settle (one ack per delivery)", r"worker::settle::|settle::ack"),
+    # Not `worker::settle::Settlement`: the type appears in the generic arguments of every
+    # batch task's frames.
+    ("  settle (one ack per delivery)", r"worker::settle::(?!Settlement\b)|settle::ack"),
     ("ledger stream reader (folds every entry of the fleet)", r"broker::log::read"),
     ("  Index::apply", r"ledger::index::Index"),
     ("lapin I/O loop thread (frames, socket)", r"lapin::io_loop"),
-    ("lapin acks (internal RPC per ack)", r"lapin::internal_rpc|lapin::acker"),
+    # Acker's own code, not the type named in the generic arguments of batch tasks' frames.
+    ("lapin acks (internal RPC per ack)", r"lapin::internal_rpc|lapin::acker::(Acker(::|\s+as\s)|\{impl)"),
     ("hyper / reqwest", r"hyper|reqwest"),
     ("telemetry (metrics, trace context)", r"telemetry::metrics|BatchTrace::of|prometheus::|opentelemetry_sdk::metrics"),
     ("tracing (logs)", r"tracing_subscriber|tracing_core"),
