@@ -14,10 +14,12 @@
 //! the front of the ready keys in one go.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 
+use crate::ledger::Fingerprint;
 use crate::spec::{Infno, Record};
 use crate::upload::Row;
 
@@ -77,6 +79,8 @@ pub struct Carried<T> {
     pub deliveries: Vec<T>,
     /// Which of them carried the record sent.
     pub sent_by: usize,
+    /// The sender's fingerprint once computed: the ledger's claim and receipt both need it.
+    pub fingerprint: OnceLock<Option<Fingerprint>>,
 }
 
 impl<T> Carried<T> {
@@ -144,7 +148,7 @@ impl<T> Lane<T> {
         let mut rows = Vec::with_capacity(n);
         for (key, (pending, _)) in self.ready.drain(..n) {
             self.in_flight.insert(key);
-            let source = Carried { version: pending.version, deliveries: pending.sources, sent_by: pending.sent_by };
+            let source = Carried { version: pending.version, deliveries: pending.sources, sent_by: pending.sent_by, fingerprint: OnceLock::new() };
             rows.push(Row { record: pending.record, source });
         }
         if !rows.is_empty() {

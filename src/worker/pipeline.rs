@@ -25,8 +25,10 @@ impl Provenance for Carried<Delivery> {
     }
 
     fn fingerprint(&self) -> Option<Fingerprint> {
-        let delivery = self.sender()?;
-        Some(Fingerprint::of_message(delivery.properties.message_id().as_ref().map(|id| id.as_str()), &delivery.data))
+        *self.fingerprint.get_or_init(|| {
+            let delivery = self.sender()?;
+            Some(Fingerprint::of_message(delivery.properties.message_id().as_ref().map(|id| id.as_str()), &delivery.data))
+        })
     }
 
     fn may_be_a_copy(&self) -> bool {
