@@ -148,7 +148,8 @@ impl<T> Lane<T> {
         let mut rows = Vec::with_capacity(n);
         for (key, (pending, _)) in self.ready.drain(..n) {
             self.in_flight.insert(key);
-            let source = Carried { version: pending.version, deliveries: pending.sources, sent_by: pending.sent_by, fingerprint: OnceLock::new() };
+            let source =
+                Carried { version: pending.version, deliveries: pending.sources, sent_by: pending.sent_by, fingerprint: OnceLock::new() };
             rows.push(Row { record: pending.record, source });
         }
         if !rows.is_empty() {

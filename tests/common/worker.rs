@@ -80,6 +80,7 @@ impl WorkerProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("wait for the worker") {
+                self.assert_closed_cleanly();
                 return status;
             }
             if Instant::now() > deadline {
@@ -88,6 +89,15 @@ impl WorkerProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// After SIGTERM, lapin logged no hard error: the connection was closed while the
+    /// session's channels were open, not raced by their own closes (once seen as
+    /// `UNEXPECTED-FRAME: unexpected channel close-ok`).
+    fn assert_closed_cleanly(&self) {
+        let logs = without_colours(&self.logs());
+        let stop = logs.rfind("SIGTERM received").map_or("", |at| &logs[at..]);
+        assert!(!stop.contains("UNEXPECTED-FRAME"), "lapin failed the close after SIGTERM:\n{stop}");
     }
 
     /// The most memory the worker has held so far (`VmHWM`, its peak resident set), in bytes.
