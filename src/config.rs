@@ -147,6 +147,12 @@ impl AmqpSettings {
                 return Err(ConfigError::Invalid(format!("amqp.addresses names {address} twice")));
             }
         }
+        if self.prefetch == Some(0) {
+            // To AMQP a prefetch of 0 means no limit at all: nothing would bound the memory.
+            return Err(ConfigError::Invalid(
+                "amqp.prefetch = 0 would let the broker send without limit; set at least 1, or leave it out to have it sized".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -868,6 +874,14 @@ mod tests {
         let file = format!("[amqp]\naddresses = [\"rabbit-1\", \"\"]\n{TOML}");
         let error = Config::from_toml(&file, env(&[])).expect_err("empty entry in the file").to_string();
         assert!(error.contains("amqp.addresses has an empty entry"), "{error}");
+    }
+
+    #[test]
+    fn a_prefetch_of_zero_is_refused() {
+        let error = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__PREFETCH", "0")])).expect_err("unlimited").to_string();
+        assert!(error.contains("amqp.prefetch = 0 would let the broker send without limit"), "{error}");
+        let c = Config::from_toml(TOML, env(&[("ELS_BRIDGE__AMQP__PREFETCH", "1")])).unwrap();
+        assert_eq!(c.worker_prefetch(), 1);
     }
 
     #[test]

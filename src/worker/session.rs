@@ -87,7 +87,7 @@ impl Session<'_> {
             flow.tasks.abort_all();
         } else {
             // One ack (multiple) for what has no unsettled delivery below it, each of the rest.
-            send_acks(flow.acks.due()).await;
+            send_acks(flow.acks.due(Instant::now())).await;
             send_acks(flow.acks.each()).await;
         }
         flush_acks(&channel, prefetch).await;
@@ -113,10 +113,9 @@ struct Flow<'s, 'a> {
     codes: Vec<&'s str>,
     lanes: Lanes<Delivery>,
     tasks: JoinSet<Done>,
-    /// Deliveries taken and not acked yet. At `prefetch` the broker sends no more until
+    /// Deliveries taken and not acked yet. At the prefetch the broker sends no more until
     /// some are acked, so a lane waiting for its linger would only waste time.
     acks: AckWindow<Acker>,
-    prefetch: usize,
     drain_deadline: Option<Instant>,
     /// After the consumer is cancelled, deliveries the broker sent before the cancel still
     /// arrive; the consumer ends after them.
@@ -131,8 +130,7 @@ impl<'s, 'a> Flow<'s, 'a> {
             codes: config.institutions.iter().map(|i| i.fixmedins_code.as_str()).collect(),
             lanes: Lanes::new(config.batch.max_records, Duration::from_millis(config.batch.linger_ms)),
             tasks: JoinSet::new(),
-            acks: AckWindow::new(usize::from(prefetch).saturating_sub(usize::from(config.lanes_prefetch()))),
-            prefetch: usize::from(prefetch),
+            acks: AckWindow::new(usize::from(prefetch)),
             drain_deadline: None,
             consumer_open: true,
         }
@@ -152,6 +150,7 @@ impl<'s, 'a> Flow<'s, 'a> {
             }
             let draining = self.drain_deadline.is_some();
             let lead = self.session.lead();
+            let hold_ends = self.acks.hold_ends();
             tokio::select! {
                 () = shutdown.cancelled(), if !draining => self.begin_drain(channel, consumer.tag()).await,
                 () = self.session.streams_lost.cancelled() => return Err(BrokerError::StreamLost),
@@ -169,6 +168,8 @@ impl<'s, 'a> Flow<'s, 'a> {
                         self.dispatch(batch);
                     }
                 }
+                // The next turn's `unblock` acks what waited for the mark in vain.
+                () = tokio::time::sleep_until(hold_ends.unwrap_or_else(Instant::now).into()), if hold_ends.is_some() => {}
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     // Tasks catch their own panics (settle_or_hand_back); only an abort ends
                     // one without a `Done`.
@@ -180,16 +181,20 @@ impl<'s, 'a> Flow<'s, 'a> {
         }
     }
 
-    /// What nothing else will move along: acks that no task in flight will bring, and
-    /// batches that must not wait for their linger (all of them while draining, the
-    /// fullest when the prefetch is full). Returns the end of a drain that is over.
+    /// What nothing else will move along: acks that no task in flight will bring or that
+    /// a full window has waited for long enough, and batches that must not wait for their
+    /// linger (all of them while draining, the fullest when the prefetch is full). Returns
+    /// the end of a drain that is over.
     async fn unblock(&mut self) -> Option<SessionEnd> {
         let idle = self.tasks.is_empty();
-        let full = self.acks.outstanding() >= self.prefetch;
+        let full = self.acks.is_full();
         if self.acks.has_ready() && idle && (self.lanes.is_empty() || full) {
             // Nothing in flight will move the low-water mark (only deliveries left
             // unacked, or lanes waiting for their linger, hold it): ack what is settled.
             send_acks(self.acks.each()).await;
+        } else if self.acks.has_ready() && full {
+            // The broker sends nothing more: the settled wait a little for the mark.
+            send_acks(self.acks.due(Instant::now())).await;
         }
         if self.drain_deadline.is_some() {
             for batch in self.lanes.due(Instant::now(), true) {
@@ -197,7 +202,7 @@ impl<'s, 'a> Flow<'s, 'a> {
             }
             return (!self.consumer_open && self.lanes.is_empty() && self.tasks.is_empty()).then_some(SessionEnd::Drained);
         }
-        if idle && self.acks.outstanding() >= self.prefetch {
+        if idle && self.acks.is_full() {
             // Nothing more comes until something is settled, and nothing in flight will
             // settle: rather than wait for the linger, send the fullest lane. (With batches
             // in flight, their settling brings more deliveries; waiting for those keeps
@@ -277,7 +282,7 @@ impl<'s, 'a> Flow<'s, 'a> {
         for (tag, acker) in done.settlement.to_ack {
             self.acks.ready(tag, acker);
         }
-        send_acks(self.acks.due()).await;
+        send_acks(self.acks.due(Instant::now())).await;
         if let Some((lane, keys)) = done.keys {
             self.lanes.settled(&lane, keys);
         }
