@@ -1705,6 +1705,7 @@ async fn fill_ledger(url: &str, rows: u64, window: usize) -> Result<(f64, u64)> 
                 msgid: format!("M{call}"),
                 return_code: 1,
                 at,
+                ends_claim: false,
                 rows: rows.collect(),
             }),
             Entry::Release { claim },

@@ -133,7 +133,16 @@ impl History {
         self.steps.push(step);
     }
 
+    fn released(&mut self, claim: &str) {
+        if let Some((_, released)) = self.claims.get_mut(claim) {
+            *released = true;
+        }
+    }
+
     fn receipted(&mut self, receipt: Receipt) {
+        if receipt.ends_claim {
+            self.released(&receipt.claim);
+        }
         let replica = self.claims.get(&receipt.claim).and_then(|(at, _)| self.steps[*at].replica.clone());
         for row in receipt.rows.into_iter().filter(|row| row.key == self.key) {
             self.steps.push(Step {
@@ -162,11 +171,7 @@ impl Fold for History {
         match change {
             Entry::Claim(claim) if self.wanted(&claim.institution) => self.claimed(claim),
             Entry::Receipt(receipt) if self.wanted(&receipt.institution) => self.receipted(receipt),
-            Entry::Release { claim } => {
-                if let Some((_, released)) = self.claims.get_mut(&claim) {
-                    *released = true;
-                }
-            }
+            Entry::Release { claim } => self.released(&claim),
             _ => {}
         }
     }
@@ -233,6 +238,7 @@ mod tests {
             msgid: format!("msg-{claim}"),
             return_code: 1,
             at: Utc::now(),
+            ends_claim: false,
             rows: vec![ReceiptRow {
                 key: key.into(),
                 version: Some(version),
@@ -248,8 +254,9 @@ mod tests {
     fn a_corrected_record_shows_each_claim_and_receipt_with_how_it_ended() {
         let mut history = History::new("IN-1", None);
         history.apply(claim("a", &[("IN-1", Some(1)), ("IN-2", Some(1))]));
-        history.apply(receipt("a", "IN-2", 1, "3"));
-        history.apply(Entry::Release { claim: "a".into() });
+        // Claim a's last receipt ends it (no release follows): IN-1 was not accepted in it.
+        let Entry::Receipt(last) = receipt("a", "IN-2", 1, "3") else { unreachable!() };
+        history.apply(Entry::Receipt(Receipt { ends_claim: true, ..last }));
         history.apply(claim("b", &[("IN-1", Some(2))]));
         history.apply(receipt("b", "IN-1", 2, "12"));
         history.apply(Entry::Release { claim: "b".into() });

@@ -184,6 +184,9 @@ impl Index {
                 for row in &receipt.rows {
                     self.accepted_row(key_id(&receipt.institution, receipt.infno, &row.key), row);
                 }
+                if receipt.ends_claim {
+                    self.release(&receipt.claim);
+                }
             }
             Entry::Release { claim } => self.release(&claim),
             Entry::Renew { claim } => {
@@ -290,6 +293,7 @@ mod tests {
             msgid: "m".into(),
             return_code: 1,
             at: Utc::now(),
+            ends_claim: false,
             rows: vec![ReceiptRow {
                 key: key.into(),
                 version,
@@ -344,6 +348,21 @@ mod tests {
         assert!(index.turns("g", &[None; 1], no_one_gone).is_err());
         index.apply(Entry::Release { claim: "f".into() });
         assert_eq!(index.turns("g", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
+    }
+
+    #[test]
+    fn a_receipt_that_ends_its_claim_frees_the_keys_and_one_that_does_not_keeps_them() {
+        let mut index = Index::new(10);
+        let ending = |claim: &str, ends_claim: bool| match receipt("k", Some(1)) {
+            Entry::Receipt(receipt) => Entry::Receipt(Receipt { claim: claim.into(), ends_claim, ..receipt }),
+            other => other,
+        };
+        index.apply(claim("a", &[("k", Some(1))]));
+        index.apply(claim("b", &[("k", Some(2))]));
+        index.apply(ending("a", false));
+        assert!(index.turns("b", &[None], no_one_gone).is_err(), "a's claim is still in force: a release follows");
+        index.apply(ending("a", true));
+        assert_eq!(index.turns("b", &[None], no_one_gone), Ok(vec![Turn::Go]), "the receipt ended a's claim");
     }
 
     #[test]

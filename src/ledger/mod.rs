@@ -115,7 +115,7 @@ pub enum Entry {
     Claim(Claim),
     /// Rows the platform accepted (returnCode 1 or 17).
     Receipt(Receipt),
-    /// The claim's upload is over.
+    /// The claim's upload is over, and no receipt ended the claim.
     Release { claim: String },
     /// The claim's upload is still under way (a long bisection): its holder keeps it in
     /// force. Written every third of the claim TTL while the upload lasts.
@@ -172,6 +172,11 @@ pub struct Receipt {
     pub at: DateTime<Utc>,
     /// The rows accepted.
     pub rows: Vec<ReceiptRow>,
+    /// Whether this receipt also ends its claim (written for the batch's last call, when it
+    /// is accepted): no `release` entry follows. Absent in receipts of older releases,
+    /// which read it as false (and so keep such a claim until it expires).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ends_claim: bool,
 }
 
 /// One accepted row.
@@ -356,7 +361,7 @@ impl Ledger {
         self.log.append_confirmed(Entry::Receipt(receipt)).await
     }
 
-    /// Ends a claim (confirmed by the broker, not read back).
+    /// Ends a claim that no receipt ended (confirmed by the broker, not read back).
     pub async fn release(&self, claim: String) -> Result<(), LogError> {
         self.log.append_confirmed(Entry::Release { claim }).await
     }

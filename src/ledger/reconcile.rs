@@ -301,6 +301,7 @@ mod tests {
             msgid: "m1".into(),
             return_code: 1,
             at: chrono::Utc::now(),
+            ends_claim: false,
             rows: rows
                 .iter()
                 .map(|(key, quantity, time)| ReceiptRow {

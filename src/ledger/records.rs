@@ -185,6 +185,7 @@ mod tests {
             msgid: msgid.into(),
             return_code: 1,
             at: "2026-11-25T02:00:00Z".parse().unwrap(),
+            ends_claim: false,
             rows: rows
                 .iter()
                 .map(|(key, version, quantity, time)| ReceiptRow {

@@ -153,6 +153,7 @@ mod tests {
             msgid: "m".into(),
             return_code: 1,
             at: Utc::now(),
+            ends_claim: false,
             rows: rows
                 .iter()
                 .map(|(key, qty, price, time)| ReceiptRow {

@@ -1,7 +1,8 @@
 //! The claimed upload, the one path a batch takes to the platform when a ledger is kept:
 //! claim the keys in the ledger (waiting for earlier claims on them; older versions and
 //! overtaken copies are superseded), upload the rest (renewing the claim while it lasts),
-//! record a receipt of every accepted call before anything is acked, release the claim.
+//! record a receipt of every accepted call before anything is acked, and end the claim
+//! (with the last receipt, or a release when no call was accepted).
 
 use chrono::Utc;
 
@@ -47,18 +48,31 @@ pub async fn upload<T: Provenance>(
     let superseded = superseded.into_iter().map(|(row, _)| row).collect();
     let sent = renewing(ledger, &claim, uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls)).await;
     let mut settled = Vec::with_capacity(sent.len());
-    for group in sent {
-        settled.push(receipted(ledger, &claim, code, infno, group).await);
+    let mut ended = false;
+    // The last receipt ends the claim: one entry less than a receipt and a release.
+    let last_accepted = sent.iter().rposition(|group| matches!(group, Settled::Accepted { .. }));
+    for (index, group) in sent.into_iter().enumerate() {
+        let ends_claim = Some(index) == last_accepted;
+        let group = receipted(ledger, &claim, code, infno, group, ends_claim).await;
+        ended = ends_claim && matches!(group, Settled::Accepted { .. });
+        settled.push(group);
     }
-    if let Err(error) = ledger.release(claim).await {
+    if !ended && let Err(error) = ledger.release(claim).await {
         tracing::warn!(institution = %code, "could not release a ledger claim (it expires by itself): {error}");
     }
     Claimed { superseded, settled }
 }
 
 /// An accepted group once its receipt is recorded (unsettled if it cannot be); any other
-/// group as it is.
-async fn receipted<T: Provenance>(ledger: &Ledger, claim: &str, code: &str, infno: Infno, group: Settled<T>) -> Settled<T> {
+/// group as it is. With `ends_claim` the receipt also ends the claim.
+async fn receipted<T: Provenance>(
+    ledger: &Ledger,
+    claim: &str,
+    code: &str,
+    infno: Infno,
+    group: Settled<T>,
+    ends_claim: bool,
+) -> Settled<T> {
     let Settled::Accepted { rows, msgid, return_code } = group else { return group };
     let receipt = Receipt {
         claim: claim.to_owned(),
@@ -68,6 +82,7 @@ async fn receipted<T: Provenance>(ledger: &Ledger, claim: &str, code: &str, infn
         return_code,
         at: Utc::now(),
         rows: rows.iter().map(|r| ReceiptRow::of(&r.record, &r.source)).collect(),
+        ends_claim,
     };
     match ledger.receipt(receipt).await {
         Ok(()) => Settled::Accepted { rows, msgid, return_code },
