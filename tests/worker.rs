@@ -13,7 +13,7 @@ use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
 use common::worker::{Amqp, WorkerProcess, World, worker_config, worker_toml};
 use els_bridge::config::RetrySettings;
-use els_bridge::simulator::api::{CallFilter, RecordFilter};
+use els_bridge::simulator::api::{CallFilter, RecordFilter, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
 use serde_json::{Value, json};
 
@@ -260,6 +260,46 @@ async fn a_worker_holding_its_whole_prefetch_sends_its_fullest_lane_without_wait
     wait_until_stored(&sim, &expected, Duration::from_secs(5)).await;
     let calls = sim.calls(&CallFilter::default()).await.calls;
     assert!(calls.iter().all(|c| c.rows <= 60), "a call never carries more than the prefetch");
+    amqp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stuck_at_the_platform_does_not_hold_up_the_acks_of_the_others() {
+    let World { sim, vhost, amqp } = World::new("stuck-mark", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    // Calls of 10 rows and a prefetch of 30: once one call hangs, the two after it fill the
+    // window with settled deliveries above the stuck one, which no `multiple` ack can cover.
+    let config = worker_config(&sim, &vhost, 100);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("prefetch = 500", "prefetch = 30")
+        .replace("[batch]\n", "[batch]\nmax_records = 10\nadaptive_concurrency = false\n")
+        .replace("[platform]\n", "[platform]\ntimeout_ms = 20000\n");
+    std::fs::write(&config, text).unwrap();
+    let mut worker = WorkerProcess::start(&config, "worker");
+    // The token first, so that the hanging call is an upload.
+    amqp.publish(&[event(Infno::Els7002, &code, None, row(Infno::Els7002, "FIRST", "1"))]).await;
+    eventually("the first record stored", Duration::from_secs(30), async || {
+        (sim.records(&RecordFilter::default()).await.total == 1).then_some(())
+    })
+    .await;
+    sim.set_timeouts(Timeouts { next: 1, rate: 0.0, mode: TimeoutMode::Hang, hang_ms: 120_000, processed: false }).await;
+    let events: Vec<Value> =
+        (0..100).map(|i| event(Infno::Els7002, &code, None, row(Infno::Els7002, &format!("STUCK-{i:03}"), "1"))).collect();
+    amqp.publish(&events).await;
+    // The worker gives up on the hanging call after 20 s; until then the other 90 records
+    // must go out: the full window waits for the stuck delivery only briefly.
+    eventually("90 records uploaded past the hanging call", Duration::from_secs(15), async || {
+        (sim.records(&RecordFilter::default()).await.total == 91).then_some(())
+    })
+    .await;
+    // The hanging call's rows come after its time-out, retried.
+    eventually("all 101 records", Duration::from_secs(60), async || {
+        (sim.records(&RecordFilter::default()).await.total == 101).then_some(())
+    })
+    .await;
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30));
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
     amqp.close().await;
 }
 
