@@ -692,6 +692,8 @@ impl Config {
             ("platform.connect_timeout_ms", self.platform.connect_timeout_ms, 1, 600_000),
             ("platform.token_refresh_lead_secs", self.platform.token_refresh_lead_secs, 0, day),
             ("ledger.claim_ttl_secs", self.ledger.claim_ttl_secs, 1, day),
+            // The index is sized for it at start (32 bytes and more a key).
+            ("ledger.max_index_keys", u64::try_from(self.ledger.max_index_keys).unwrap_or(u64::MAX), 1, 10_000_000),
         ];
         if let Some(amqp) = &self.amqp {
             ranges.push(("amqp.connect_timeout_secs", amqp.connect_timeout_secs, 1, 3600));
@@ -874,6 +876,15 @@ mod tests {
         let file = format!("[amqp]\naddresses = [\"rabbit-1\", \"\"]\n{TOML}");
         let error = Config::from_toml(&file, env(&[])).expect_err("empty entry in the file").to_string();
         assert!(error.contains("amqp.addresses has an empty entry"), "{error}");
+    }
+
+    #[test]
+    fn the_index_size_is_bounded() {
+        for value in ["0", "10000001"] {
+            let error = Config::from_toml(TOML, env(&[("ELS_BRIDGE__LEDGER__MAX_INDEX_KEYS", value)])).expect_err(value).to_string();
+            assert!(error.contains("ledger.max_index_keys"), "{value}: {error}");
+        }
+        assert!(Config::from_toml(TOML, env(&[("ELS_BRIDGE__LEDGER__MAX_INDEX_KEYS", "10000000")])).is_ok());
     }
 
     #[test]
