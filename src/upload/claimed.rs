@@ -54,7 +54,9 @@ pub async fn upload<T: Provenance>(
     for (index, group) in sent.into_iter().enumerate() {
         let ends_claim = Some(index) == last_accepted;
         let group = receipted(ledger, &claim, code, infno, group, ends_claim).await;
-        ended = ends_claim && matches!(group, Settled::Accepted { .. });
+        if ends_claim {
+            ended = matches!(group, Settled::Accepted { .. });
+        }
         settled.push(group);
     }
     if !ended && let Err(error) = ledger.release(claim).await {
