@@ -48,17 +48,13 @@ pub async fn upload<T: Provenance>(
     let superseded = superseded.into_iter().map(|(row, _)| row).collect();
     let sent = renewing(ledger, &claim, uploader.upload(institution, go.into_iter().map(|(row, _)| row).collect(), calls)).await;
     let mut settled = Vec::with_capacity(sent.len());
-    let mut ended = false;
     // The last receipt ends the claim: one entry less than a receipt and a release.
     let last_accepted = sent.iter().rposition(|group| matches!(group, Settled::Accepted { .. }));
     for (index, group) in sent.into_iter().enumerate() {
-        let ends_claim = Some(index) == last_accepted;
-        let group = receipted(ledger, &claim, code, infno, group, ends_claim).await;
-        if ends_claim {
-            ended = matches!(group, Settled::Accepted { .. });
-        }
-        settled.push(group);
+        settled.push(receipted(ledger, &claim, code, infno, group, Some(index) == last_accepted).await);
     }
+    // Still accepted once its receipt was written: the claim is over.
+    let ended = last_accepted.and_then(|index| settled.get(index)).is_some_and(|group| matches!(group, Settled::Accepted { .. }));
     if !ended && let Err(error) = ledger.release(claim).await {
         tracing::warn!(institution = %code, "could not release a ledger claim (it expires by itself): {error}");
     }
