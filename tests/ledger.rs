@@ -252,3 +252,46 @@ async fn the_claims_of_a_killed_worker_do_not_hold_its_keys_back() {
     vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(30));
     amqp.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_claim_in_the_ledger_is_ended_once_by_its_last_receipt_or_else_by_a_release() {
+    let World { sim, vhost, amqp } = World::new("ledger-claim-ends", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    let config = worker_config(&sim, &vhost, 100);
+    let mut worker = WorkerProcess::start(&config, "worker");
+    // One lane is accepted; the other lane's only record is refused, so its claim has no receipt.
+    sim.refuse_keys(&["REFUSED-1"], 16).await;
+    let mut events: Vec<Value> =
+        (0..5).map(|i| event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, &format!("ACC-{i}"), "2"))).collect();
+    events.push(event(Infno::Els7003, &code, Some(1), row(Infno::Els7003, "REFUSED-1", "1")));
+    amqp.publish(&events).await;
+    stored(&sim, 5).await;
+    vhost.wait_for_counts("els.events", QueueCounts::new(0, 0), Duration::from_secs(60));
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
+
+    // The stream's entries are `{"id", "change"}`; entries without a change only sync readers.
+    let entries: Vec<Value> =
+        amqp.read_stream_to_end("els.ledger").await.into_iter().filter_map(|mut e| e.get_mut("change").map(Value::take)).collect();
+    let claim_of = |entry: &Value, kind: &str| entry[kind]["claim"].as_str().map(str::to_owned);
+    let claims: Vec<String> = entries.iter().filter_map(|e| e["claim"]["id"].as_str().map(str::to_owned)).collect();
+    let (mut by_receipt, mut by_release) = (0, 0);
+    for claim in &claims {
+        let receipts: Vec<&Value> = entries.iter().filter(|e| claim_of(e, "receipt").as_ref() == Some(claim)).collect();
+        let releases = entries.iter().filter(|e| claim_of(e, "release").as_ref() == Some(claim)).count();
+        let ends: Vec<bool> = receipts.iter().map(|r| r["receipt"]["ends_claim"].as_bool().unwrap_or(false)).collect();
+        if receipts.is_empty() {
+            assert_eq!(releases, 1, "claim {claim} without a receipt is released once: {entries:#?}");
+            by_release += 1;
+        } else {
+            let mut expected = vec![false; ends.len() - 1];
+            expected.push(true);
+            assert_eq!(ends, expected, "only the last receipt of claim {claim} ends it: {entries:#?}");
+            assert_eq!(releases, 0, "claim {claim}, ended by its receipt, has no release entry: {entries:#?}");
+            by_receipt += 1;
+        }
+    }
+    assert!(by_receipt >= 1 && by_release >= 1, "an accepted and a refused batch: {entries:#?}");
+    let receipted: usize = entries.iter().filter_map(|e| e["receipt"]["rows"].as_array()).map(Vec::len).sum();
+    assert_eq!(receipted, 5, "every accepted row has one receipt row: {entries:#?}");
+    amqp.close().await;
+}

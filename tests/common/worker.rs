@@ -14,8 +14,10 @@ use els_bridge::config::{AmqpSettings, RetrySettings};
 
 use super::broker::{TestVhost, unique_vhost};
 use super::simulator::TestSimulator;
+use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -274,6 +276,37 @@ impl Amqp {
             messages.push(Message { body, headers: headers(delivery.properties.headers()), properties: delivery.properties });
         }
         messages
+    }
+
+    /// Every entry of the stream `queue`, parsed as JSON, from the first: an end marker is
+    /// appended first (confirmed) and read up to, so that nothing written before is missed.
+    /// Whoever reads the stream afterwards sees the marker: call it once its writers stopped.
+    pub async fn read_stream_to_end(&self, queue: &str) -> Vec<Value> {
+        const END: &[u8] = b"{\"test\":\"end of stream\"}";
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let confirm = self.channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), END, properties);
+        assert!(confirm.await.expect("publish").await.expect("confirm").is_ack(), "the broker refused the end marker");
+        let channel = self.connection.create_channel().await.expect("channel");
+        channel.basic_qos(100, BasicQosOptions::default()).await.expect("basic.qos");
+        let mut offset = FieldTable::default();
+        offset.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        let mut consumer =
+            channel.basic_consume(queue.into(), "read-stream".into(), BasicConsumeOptions::default(), offset).await.expect("consume");
+        let mut entries = Vec::new();
+        let reading = async {
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery.expect("a stream delivery");
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                if delivery.data == END {
+                    return;
+                }
+                entries.push(serde_json::from_slice(&delivery.data).expect("a JSON entry"));
+            }
+            panic!("the stream consumer ended before the end marker");
+        };
+        tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the stream read to its end within 30 s");
+        let _ = channel.close(200, "read".into()).await;
+        entries
     }
 
     /// Closes the connection.
