@@ -77,7 +77,7 @@ pub struct AmqpSettings {
     pub url: SecretString,
     /// The broker's nodes as `host[:port]`, for a cluster without a balancer in front: each
     /// replaces `url`'s host and port (an address without a port takes `url`'s), and a
-    /// connection goes to the first that answers (see [`crate::broker::connect`]). Empty:
+    /// connection goes to the first that answers (see [`crate::broker::connect()`]). Empty:
     /// `url`'s host. From the environment, one comma-separated list.
     #[serde(default)]
     pub addresses: Vec<Address>,

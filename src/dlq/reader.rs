@@ -19,9 +19,9 @@
 //! asynchronously; a quorum-queue channel that is closed while it still holds some back
 //! (more than 32 unapplied) drops them, and those messages come back although they were
 //! moved. The reader therefore makes a `basic.qos` round trip (answered after every
-//! earlier acknowledgement of the channel) and waits [`SETTLE`] after its last removal
-//! before closing; should the broker be slower than that, a message is at worst both
-//! moved and still present.
+//! earlier acknowledgement of the channel) and waits half a second (`SETTLE`) after its
+//! last removal before closing; should the broker be slower than that, a message is at
+//! worst both moved and still present.
 //!
 //! What the reader must not do is cancel a consumer while deliveries to it are under way:
 //! a channel hands deliveries for a cancelled consumer back one by one, and a quorum queue
