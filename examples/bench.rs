@@ -38,7 +38,12 @@
 //!    per institution seen by the simulator;
 //! 9. start-up on a full ledger: the ledger stream filled with D days × R receipted rows
 //!    (a claim, a receipt of 100 rows and a release per call), then a worker started:
-//!    seconds from its start to consuming the work queue, and its peak RSS.
+//!    seconds from its start to consuming the work queue, and its peak RSS;
+//! 10. the drain ratio, interleaved: rounds of the minimal consumer with pipelined acks,
+//!     the consumer holding deliveries in 12 lanes, and the worker's drain, one right after
+//!     the other, so that each ratio compares runs seconds apart (the machine's load moves
+//!     the minimal consumer by far more than a few per cent from one minute to the next);
+//!     each round's ratios and CPU per record, and their medians.
 
 #[path = "../tests/common/records.rs"]
 mod records;
@@ -76,8 +81,8 @@ const EXCHANGE: &str = "els.events";
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmarks of issue 7 against the local RabbitMQ and the simulator", args_override_self = true)]
 struct Args {
-    /// Scenarios to run (1–9), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9", action = clap::ArgAction::Set, num_args = 1)]
+    /// Scenarios to run (1–10), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10", action = clap::ArgAction::Set, num_args = 1)]
     scenarios: Vec<u8>,
     /// Small sizes for a quick check (each size below can still be given).
     #[arg(long)]
@@ -85,6 +90,9 @@ struct Args {
     /// Events of scenarios 1 and 2 (default 200000; quick 20000).
     #[arg(long)]
     events: Option<u64>,
+    /// Rounds of scenario 10, each of --events events (default 3; quick 1).
+    #[arg(long)]
+    ratio_rounds: Option<u32>,
     /// Events queued before the worker starts in scenario 5 (default 1000000; quick 40000).
     #[arg(long)]
     backlog: Option<u64>,
@@ -163,6 +171,9 @@ struct Args {
 impl Args {
     fn events(&self) -> u64 {
         self.events.unwrap_or(if self.quick { 20_000 } else { 200_000 })
+    }
+    fn ratio_rounds(&self) -> u32 {
+        self.ratio_rounds.unwrap_or(if self.quick { 1 } else { 3 }).max(1)
     }
     fn backlog(&self) -> u64 {
         self.backlog.unwrap_or(if self.quick { 40_000 } else { 1_000_000 })
@@ -294,6 +305,17 @@ fn with_self(pids: &[(String, u32)]) -> Vec<(String, u32)> {
     let mut all = pids.to_vec();
     all.push(("driver".into(), std::process::id()));
     all
+}
+
+/// The median of `values` (the mean of the middle two for an even count), rounded to 0.01.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(round2(values[mid])),
+        _ => Some(round2((values[mid - 1] + values[mid]) / 2.0)),
+    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -1465,6 +1487,53 @@ impl Bench {
         self.save()
     }
 
+    /// Scenario 10, the drain ratio, interleaved: each round drains `n` events with the minimal
+    /// consumer (pipelined acks), then with the consumer holding them in 12 lanes, then
+    /// with a worker into the simulator; the ratios of each round, and their medians.
+    async fn ratio(&mut self) -> Result<()> {
+        let (n, rounds, prefetch) = (self.args.events(), self.args.ratio_rounds(), self.args.prefetch);
+        self.note(format!("## 10. drain ratio, interleaved: {rounds} round(s) of {n} events, prefetch {prefetch}"));
+        let vhost = Vhost::create(&self.args.amqp, "ratio")?;
+        declare(&vhost.url).await?;
+        let mut table = Vec::new();
+        for round in 1..=rounds {
+            let pipelined = self.publish_and_drain(&vhost.url, n, Acks::EachPipelined).await?;
+            let held = self.publish_and_drain(&vhost.url, n, Acks::HeldInLanes { lanes: 12, rows: 100 }).await?;
+            let label = format!("ratio{round}");
+            let drained = self.run_workers(&label, 1, 0, n, None).await?;
+            let worker = drained["records_accepted_per_s"].as_f64().unwrap_or(0.0);
+            let cores = drained["cpu_cores"][format!("{label}-worker0")].as_f64().unwrap_or(0.0);
+            let row = json!({
+                "pipelined_msg_s": pipelined.round(), "held_in_lanes_msg_s": held.round(), "worker_records_s": worker,
+                "ratio_to_pipelined": round2(worker / pipelined), "ratio_to_held_in_lanes": round2(worker / held),
+                "worker_us_per_record": round2(cores * 1e6 / worker.max(1.0)), "loadavg": drained["loadavg"],
+            });
+            self.note(format!("- round {round}: {row}"));
+            table.push(row);
+        }
+        let median_of = |key: &str| median(table.iter().filter_map(|row| row[key].as_f64()).collect());
+        let medians = json!({
+            "ratio_to_pipelined": median_of("ratio_to_pipelined"),
+            "ratio_to_held_in_lanes": median_of("ratio_to_held_in_lanes"),
+            "worker_us_per_record": median_of("worker_us_per_record"),
+        });
+        self.note(format!(
+            "- medians: {} of the pipelined consumer (issue 19: ≥ 0.50), {} of the consumer holding 12 lanes, {} µs of worker CPU per record (issue 19: ≤ 12)\n",
+            medians["ratio_to_pipelined"], medians["ratio_to_held_in_lanes"], medians["worker_us_per_record"]
+        ));
+        self.results.insert("10_ratio".into(), json!({ "events": n, "prefetch": prefetch, "rounds": table, "medians": medians }));
+        self.save()
+    }
+
+    /// Publishes `n` events to `url` with confirms, waits for the broker to settle, and
+    /// drains them with the minimal consumer acking as `acks` says: its msg/s.
+    async fn publish_and_drain(&self, url: &str, n: u64, acks: Acks) -> Result<f64> {
+        publish(url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
+        quiet_broker().await;
+        let drained = drain_minimal(url, self.args.prefetch, n, acks).await?;
+        Ok(n as f64 / ((drained.last_us - drained.first_us).max(1) as f64 / 1e6))
+    }
+
     /// 3. and 4. steady rates below saturation.
     async fn steady(&mut self) -> Result<()> {
         let secs = self.args.steady_secs();
@@ -1789,6 +1858,7 @@ async fn run_all(bench: &mut Bench, args: &Args) -> Result<()> {
             7 => bench.backfill().await,
             8 => adaptive_concurrency(bench).await,
             9 => bench.startup().await,
+            10 => bench.ratio().await,
             other => Err(anyhow!("no scenario {other}")),
         };
         if let Err(error) = outcome {
