@@ -4,7 +4,9 @@
 //! the day of the daily call limit — is Beijing time whatever the host's time zone, so this
 //! module never consults the local zone.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use std::fmt;
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 
 /// The platform's textual time format, `yyyy-MM-dd HH:mm:ss`.
 pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -26,7 +28,36 @@ pub fn at(instant: DateTime<Utc>) -> DateTime<FixedOffset> {
 
 /// Formats an instant as `yyyy-MM-dd HH:mm:ss` in Beijing time.
 pub fn format(instant: DateTime<Utc>) -> String {
-    at(instant).format(TIME_FORMAT).to_string()
+    let mut text = String::with_capacity(19);
+    // Writing into a String cannot fail.
+    let _ = write_time(&mut text, &at(instant).naive_local());
+    text
+}
+
+/// Writes a wall-clock time as `yyyy-MM-dd HH:mm:ss` (the text of [`TIME_FORMAT`]), digit
+/// by digit: chrono's `format` reads its format string again at every call, and every
+/// record's time is written this way into each upload and each receipt.
+pub fn write_time(out: &mut impl fmt::Write, time: &NaiveDateTime) -> fmt::Result {
+    let Some(year) = u32::try_from(time.year()).ok().filter(|year| *year <= 9999) else {
+        // Years chrono writes with a sign: never a platform time, but written as chrono would.
+        return write!(out, "{}", time.format(TIME_FORMAT));
+    };
+    let mut text = *b"0000-00-00 00:00:00";
+    let mut put = |at: usize, value: u32, digits: usize| {
+        let mut value = value;
+        for i in (at..at + digits).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, time.month(), 2);
+    put(8, time.day(), 2);
+    put(11, time.hour(), 2);
+    put(14, time.minute(), 2);
+    // chrono keeps a leap second as second 59 with over a second of nanoseconds.
+    put(17, time.second() + u32::from(time.nanosecond() >= 1_000_000_000), 2);
+    out.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
 }
 
 /// Reads a `yyyy-MM-dd HH:mm:ss` Beijing wall-clock time as an instant.
@@ -66,6 +97,22 @@ mod tests {
     #[test]
     fn formats_in_utc_plus_8() {
         assert_eq!(format(utc("2026-11-25T17:30:05Z")), "2026-11-26 01:30:05");
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_milli_opt(23, 59, 59, 1_500).unwrap();
+        let mut times = vec![leap, NaiveDateTime::MIN, NaiveDateTime::MAX];
+        for year in [-1, 0, 7, 99, 1900, 2026, 9999, 10_000] {
+            for (month, day, hour, minute, second) in [(1, 1, 0, 0, 0), (2, 28, 9, 5, 7), (12, 31, 23, 59, 59)] {
+                times.push(NaiveDate::from_ymd_opt(year, month, day).unwrap().and_hms_opt(hour, minute, second).unwrap());
+            }
+        }
+        for time in times {
+            let mut text = String::new();
+            write_time(&mut text, &time).unwrap();
+            assert_eq!(text, time.format(TIME_FORMAT).to_string(), "{time:?}");
+        }
     }
 
     #[test]

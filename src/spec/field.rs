@@ -10,8 +10,6 @@ use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::beijing::TIME_FORMAT;
-
 /// Integer digits allowed in a `D` (numeric 12,4) value.
 const DECIMAL_INTEGER_DIGITS: u32 = 8;
 /// Fraction digits allowed in a `D` value.
@@ -234,7 +232,7 @@ impl PlatformTime {
 
 impl fmt::Display for PlatformTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format(TIME_FORMAT))
+        crate::beijing::write_time(f, &self.0)
     }
 }
 
@@ -401,6 +399,7 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::beijing::TIME_FORMAT;
     use chrono::Timelike;
     use serde_json::json;
 
