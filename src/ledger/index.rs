@@ -14,10 +14,11 @@
 //! per worker should raise it. Claims are few (one per batch in flight) and dropped when
 //! released or expired.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{CLAIM_TTL, Claim, Entry, Fingerprint, ReceiptRow, Turn};
 use crate::spec::Infno;
@@ -68,10 +69,10 @@ pub struct Index {
     claim_ttl: Duration,
 }
 
+/// The 64-bit id of a key: two keys with one id would share a newest version, so this is
+/// foldhash's higher-quality variant (the maps keyed by ids use the fast one).
 fn key_id(institution: &str, infno: Infno, key: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (institution, infno, key).hash(&mut hasher);
-    hasher.finish()
+    foldhash::quality::FixedState::with_seed(0).hash_one((institution, infno, key))
 }
 
 impl Index {

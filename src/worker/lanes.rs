@@ -11,12 +11,13 @@
 //! became ready, apart from the keys waiting behind an upload in flight (which join the
 //! ready ones when that upload is settled), and it tracks the arrival of its oldest ready
 //! record, so finding the next deadline looks at each lane once and taking a batch drains
-//! the front of the ready keys in one go.
+//! the front of the ready keys in one go. Keys are hashed with foldhash, seeded per
+//! process, several times faster than the standard SipHash on these short keys.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
 
 use crate::ledger::Fingerprint;
@@ -105,7 +106,7 @@ pub struct Batch<T> {
 struct Lane<T> {
     /// Keys that may go into a call now, with when each arrived, in the order they became
     /// ready.
-    ready: IndexMap<String, (Pending<T>, Instant)>,
+    ready: IndexMap<String, (Pending<T>, Instant), foldhash::fast::RandomState>,
     /// New versions of keys in flight, with when each arrived; each becomes ready when its
     /// key is settled.
     blocked: HashMap<String, (Pending<T>, Instant)>,
@@ -119,7 +120,7 @@ struct Lane<T> {
 
 impl<T> Default for Lane<T> {
     fn default() -> Self {
-        Lane { ready: IndexMap::new(), blocked: HashMap::new(), in_flight: HashSet::new(), oldest: None }
+        Lane { ready: IndexMap::default(), blocked: HashMap::new(), in_flight: HashSet::new(), oldest: None }
     }
 }
 
