@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use reqwest::header::CONTENT_TYPE;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -13,6 +14,12 @@ use super::outcome::Outcome;
 use super::sign::CsbHeaders;
 use crate::config::{DecimalFormat, Institution, PlatformSettings};
 use crate::spec::{Infno, Record};
+
+/// Body bytes reserved per record of an upload: a record's JSON is 500–800 bytes.
+const BODY_BYTES_PER_RECORD: usize = 1024;
+
+/// Body bytes reserved at least (the envelope around the records, a token request).
+const MIN_BODY_BYTES: usize = 1024;
 
 /// Why the client cannot be built; a configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +92,7 @@ impl PlatformClient {
             "app_code": institution.app_code,
             "auth_code": institution.auth_code().expose_secret(),
         });
-        self.call(institution, Infno::Els7001, input).await
+        self.call(institution, Infno::Els7001, input, 0).await
     }
 
     /// Uploads `records` (at most 100, all of `infno`) with `token`.
@@ -98,23 +105,32 @@ impl PlatformClient {
     ) -> Call {
         if self.decimals_as_numbers {
             let data: Vec<Value> = records.into_iter().map(|r| r.to_json(true)).collect();
-            self.call(institution, infno, UploadInput { access_token: token, data }).await
+            let body_bytes = data.len() * BODY_BYTES_PER_RECORD;
+            self.call(institution, infno, UploadInput { access_token: token, data }, body_bytes).await
         } else {
             // Straight into the body: the same JSON as `Record::to_json(false)`, without
             // building it as a tree first.
             let data: Vec<&Record> = records.into_iter().collect();
-            self.call(institution, infno, UploadInput { access_token: token, data }).await
+            let body_bytes = data.len() * BODY_BYTES_PER_RECORD;
+            self.call(institution, infno, UploadInput { access_token: token, data }, body_bytes).await
         }
     }
 
     /// Sends one transaction and classifies the answer; never fails, every failure is an
-    /// [`Outcome`].
-    async fn call<I: Serialize>(&self, institution: &Institution, infno: Infno, input: I) -> Call {
+    /// [`Outcome`]. The body is written into `body_bytes` reserved at once (beyond them
+    /// it grows): growing a 100-record body from empty copies it a dozen times.
+    async fn call<I: Serialize>(&self, institution: &Institution, infno: Infno, input: I, body_bytes: usize) -> Call {
         let msgid = self.msgids.next(&institution.fixmedins_code).await;
         let now = Utc::now();
         let envelope = Envelope::new(institution, infno, msgid.clone(), now, input);
+        let mut body = Vec::with_capacity(body_bytes.max(MIN_BODY_BYTES));
+        if let Err(error) = serde_json::to_writer(&mut body, &envelope) {
+            // Not met with our own types; classified as reqwest's `json` did it.
+            let outcome = Outcome::Transient { code: None, message: format!("cannot encode the request: {error}") };
+            return Call { msgid, outcome };
+        }
         let headers = CsbHeaders::new(&institution.csb_access_key, institution.csb_secret_key().expose_secret(), now.timestamp_millis());
-        let mut request = self.http.post(&self.url).json(&envelope);
+        let mut request = self.http.post(&self.url).header(CONTENT_TYPE, "application/json").body(body);
         for (name, value) in headers.pairs() {
             request = request.header(name, value);
         }
