@@ -502,6 +502,13 @@ struct Drained {
     last_us: i64,
 }
 
+impl Drained {
+    /// Messages per second of a drain of `n` messages, from the first delivery to the last.
+    fn rate(&self, n: u64) -> f64 {
+        n as f64 / ((self.last_us - self.first_us).max(1) as f64 / 1e6)
+    }
+}
+
 /// How the minimal consumer acks.
 #[derive(Debug, Clone, Copy)]
 enum Acks {
@@ -1245,7 +1252,7 @@ impl Bench {
             let meter = CpuMeter::start(with_self(&broker));
             let load = loadavg();
             let drained = drain_minimal(&vhost.url, prefetch, n, acks).await?;
-            let rate = n as f64 / ((drained.last_us - drained.first_us) as f64 / 1e6);
+            let rate = drained.rate(n);
             let cpu = meter.stop();
             self.note(format!("- {what}: {rate:.0} msg/s (cpu {cpu}, load {load})"));
             rates.insert(key.into(), json!(rate.round()));
@@ -1531,7 +1538,7 @@ impl Bench {
         publish(url, &self.events, 0, n, None, self.args.confirm_window, false).await?;
         quiet_broker().await;
         let drained = drain_minimal(url, self.args.prefetch, n, acks).await?;
-        Ok(n as f64 / ((drained.last_us - drained.first_us).max(1) as f64 / 1e6))
+        Ok(drained.rate(n))
     }
 
     /// 3. and 4. steady rates below saturation.
