@@ -554,8 +554,9 @@ async fn a_bisection_stops_before_the_consumer_timeout_and_every_row_settles() {
 async fn send_connects_again_when_its_broker_connection_is_lost() {
     let sim = TestSimulator::builder().institutions(1).start();
     let vhost = common::broker::unique_vhost("send-reconnect");
-    // Ten calls of a second each: the connection is closed while most are still to come,
-    // however long rabbitmqctl takes on a loaded machine.
+    // Ten calls of a second each, four at a time, then five seconds each once 200 rows are
+    // in: the connection is closed while most calls are still to come, however long
+    // rabbitmqctl takes on a loaded machine.
     sim.set_latency(1_000, 1_000).await;
     let config = worker_config(&sim, &vhost, 100);
     let file = config.with_file_name("backfill.jsonl");
@@ -574,6 +575,7 @@ async fn send_connects_again_when_its_broker_connection_is_lost() {
         (sim.records(&RecordFilter::default()).await.total >= 200).then_some(())
     })
     .await;
+    sim.set_latency(5_000, 5_000).await;
     let connections = common::broker::rabbitmqctl(&["list_connections", "vhost", "pid"]);
     let mine: Vec<&str> =
         connections.lines().filter_map(|l| l.split_once('\t')).filter(|(v, _)| *v == vhost.name()).map(|(_, pid)| pid.trim()).collect();
@@ -581,6 +583,8 @@ async fn send_connects_again_when_its_broker_connection_is_lost() {
     for pid in mine {
         common::broker::rabbitmqctl(&["close_connection", pid, "a test closes it"]);
     }
+    let stored = sim.records(&RecordFilter::default()).await.total;
+    assert!(stored < 1000, "all rows were uploaded before the connection was closed: nothing left to connect again for");
 
     let output = tokio::task::spawn_blocking(move || send.wait_with_output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
