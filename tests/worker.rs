@@ -548,14 +548,17 @@ async fn concurrency_limit(port: u16, code: &str) -> Option<u64> {
 async fn adaptive_concurrency_grows_to_the_cap_on_a_flat_platform_and_backs_off_when_it_slows_under_load() {
     let World { sim, vhost, amqp } = World::with_institutions("adaptive", 1).await;
     let code = sim.institution(0).code.clone();
-    sim.set_latency(150, 150).await;
+    // 300 ms: a window is rising only 75 ms above the baseline, more than a loaded test
+    // machine adds to a call (at 150 ms, one window slowed by the other tests set a
+    // ceiling that 30 calls could not outgrow).
+    sim.set_latency(300, 300).await;
     let toml = worker_toml(vhost.url(), 100)
         .replace("prefetch = 500", "prefetch = 1250")
         .replace("[batch]\n", "[batch]\nmax_in_flight_per_institution = 4\n");
     let config = sim.write_client_config("worker.toml", &toml);
-    // 30 calls' worth: enough to keep 4 calls busy while the limit grows (6 calls) and
+    // 60 calls' worth: enough to keep 4 calls busy while the limit grows (6 calls) and
     // backs off (a window of 4 slow calls).
-    let (events, expected) = first_wave(&[&code], 500);
+    let (events, expected) = first_wave(&[&code], 1000);
     amqp.publish(&events).await;
     let mut worker = WorkerProcess::start(&config, "worker");
     let port = worker.http_port(Duration::from_secs(30));
@@ -565,7 +568,7 @@ async fn adaptive_concurrency_grows_to_the_cap_on_a_flat_platform_and_backs_off_
     })
     .await;
     // The platform slows under load: each call in progress beyond the first adds 400 ms.
-    sim.set_latency_json(&json!({"min_ms": 150, "max_ms": 150, "per_concurrent_ms": 400})).await;
+    sim.set_latency_json(&json!({"min_ms": 300, "max_ms": 300, "per_concurrent_ms": 400})).await;
     eventually("the limit to back off below 4", Duration::from_secs(60), async || {
         concurrency_limit(port, &code).await.filter(|limit| *limit < 4)
     })
