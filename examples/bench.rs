@@ -159,6 +159,12 @@ struct Args {
     /// graphs) while they work; reports go to `--out` as `<process>.perf.txt`.
     #[arg(long)]
     perf: bool,
+    /// Run each worker under valgrind's callgrind and report the instructions it executed
+    /// per record (start-up and shutdown included): a count that does not depend on the
+    /// machine's load, unlike the CPU figures. Such a worker runs some 40 times slower, so
+    /// its rates and CPU figures mean nothing; keep --events to about 20000 (scenario 2).
+    #[arg(long)]
+    callgrind: bool,
     /// TOML appended to every worker's configuration, for experiments with sections the
     /// driver does not write itself, e.g. `[ledger]` (a newline is `\n` in the shell's $'...').
     #[arg(long, default_value = "")]
@@ -320,6 +326,13 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// The instructions per record of a run under `--callgrind`, as "; N instructions per
+/// record (callgrind)", or nothing.
+fn instructions(run: &Value) -> String {
+    run.get("worker_instructions_per_record")
+        .map_or(String::new(), |n| format!("; {n} worker instructions per record (callgrind, start-up and shutdown included)"))
 }
 
 // --- RabbitMQ ----------------------------------------------------------------------------
@@ -952,7 +965,17 @@ fn start_worker(args: &Args, dir: &Path, name: &str, amqp_url: &str, platform_ur
     );
     std::fs::write(&config_path, toml)?;
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(&args.bin)
+    let mut command = if args.callgrind {
+        let mut valgrind = Command::new("valgrind");
+        valgrind
+            .args(["--tool=callgrind", "--dump-instr=no"])
+            .arg(format!("--callgrind-out-file={}", callgrind_out(dir, name).display()))
+            .arg(&args.bin);
+        valgrind
+    } else {
+        Command::new(&args.bin)
+    };
+    let child = command
         .args(["worker", "--config"])
         .arg(&config_path)
         .env("RUST_LOG", &args.worker_log)
@@ -965,6 +988,20 @@ fn start_worker(args: &Args, dir: &Path, name: &str, amqp_url: &str, platform_ur
         .spawn()
         .with_context(|| format!("start {} worker", args.bin.display()))?;
     Ok(Proc { name: name.into(), child: Some(child), log })
+}
+
+/// Where callgrind writes the counts of worker `name` (`--callgrind`).
+fn callgrind_out(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.callgrind.out"))
+}
+
+/// The instructions a worker run under callgrind executed: its `summary:` line, written
+/// when the worker exits.
+fn callgrind_instructions(dir: &Path, name: &str) -> Result<u64> {
+    let path = callgrind_out(dir, name);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let summary = text.lines().find_map(|line| line.strip_prefix("summary:"));
+    summary.and_then(|n| n.trim().parse().ok()).with_context(|| format!("no summary line in {}", path.display()))
 }
 
 /// Waits until `consumers` consumers are on the work queue.
@@ -1384,6 +1421,11 @@ impl Bench {
                     .count()
             })
             .sum();
+        if self.args.callgrind {
+            let instructions: Vec<u64> = procs.iter().map(|p| callgrind_instructions(&self.dir, &p.name)).collect::<Result<_>>()?;
+            out["worker_instructions"] = json!(instructions);
+            out["worker_instructions_per_record"] = json!((instructions.iter().sum::<u64>() as f64 / total.max(1) as f64).round());
+        }
         out["worker_reconnects"] = json!(reconnects);
         out["broker_outages"] = json!(outages);
         if outages > 0 {
@@ -1462,7 +1504,7 @@ impl Bench {
         let pipelined_ratio = self.physical_rate("consume_ack_each_msg_s").map(|l| round2(rate / l));
         let show = |r: Option<f64>| r.map_or("n/a".into(), |r| r.to_string());
         self.note(format!(
-            "- pre-filled queue: {rate:.0} records/s accepted (ratio to the minimal consumer acking each message: {}, target ≥ 0.80; to the same with pipelined acks: {}); from worker start {} records/s; fill {}; cpu {}; peak RSS {} MiB; load {}",
+            "- pre-filled queue: {rate:.0} records/s accepted (ratio to the minimal consumer acking each message: {}, target ≥ 0.80; to the same with pipelined acks: {}); from worker start {} records/s; fill {}; cpu {}; peak RSS {} MiB; load {}{}",
             show(ratio),
             show(pipelined_ratio),
             drained["records_per_s_from_worker_start"],
@@ -1470,6 +1512,7 @@ impl Bench {
             drained["cpu_cores"],
             drained["worker_peak_rss_mib"],
             drained["loadavg"],
+            instructions(&drained),
         ));
         let mut drained = drained;
         drained["ratio_to_physical"] = json!(ratio);
@@ -1480,12 +1523,13 @@ impl Bench {
         let concurrent = self.physical_rate("concurrent_publish_consume_msg_s");
         let live_ratio = concurrent.map(|l| round2(end_to_end / l));
         self.note(format!(
-            "- publishing while the worker runs: {end_to_end:.0} records/s first publish → last accepted (publisher alone {} msg/s; ratio to concurrent minimal publish+consume: {}); fill {}; cpu {}; load {}\n",
+            "- publishing while the worker runs: {end_to_end:.0} records/s first publish → last accepted (publisher alone {} msg/s; ratio to concurrent minimal publish+consume: {}); fill {}; cpu {}; load {}{}\n",
             live["live_publish_msg_s"],
             live_ratio.map_or("n/a".into(), |r| r.to_string()),
             live["fill"],
             live["cpu_cores"],
             live["loadavg"],
+            instructions(&live),
         ));
         let mut live = live;
         live["ratio_to_concurrent_physical"] = json!(live_ratio);
