@@ -328,8 +328,8 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The instructions per record of a run under `--callgrind`, as "; N instructions per
-/// record (callgrind)", or nothing.
+/// The instructions per record of a run under `--callgrind`, as "; N worker instructions
+/// per record (callgrind, ...)", or nothing.
 fn instructions(run: &Value) -> String {
     run.get("worker_instructions_per_record")
         .map_or(String::new(), |n| format!("; {n} worker instructions per record (callgrind, start-up and shutdown included)"))

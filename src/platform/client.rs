@@ -103,16 +103,15 @@ impl PlatformClient {
         token: &str,
         records: impl IntoIterator<Item = &'r Record>,
     ) -> Call {
+        let records: Vec<&Record> = records.into_iter().collect();
+        let body_bytes = records.len() * BODY_BYTES_PER_RECORD;
         if self.decimals_as_numbers {
             let data: Vec<Value> = records.into_iter().map(|r| r.to_json(true)).collect();
-            let body_bytes = data.len() * BODY_BYTES_PER_RECORD;
             self.call(institution, infno, UploadInput { access_token: token, data }, body_bytes).await
         } else {
             // Straight into the body: the same JSON as `Record::to_json(false)`, without
             // building it as a tree first.
-            let data: Vec<&Record> = records.into_iter().collect();
-            let body_bytes = data.len() * BODY_BYTES_PER_RECORD;
-            self.call(institution, infno, UploadInput { access_token: token, data }, body_bytes).await
+            self.call(institution, infno, UploadInput { access_token: token, data: records }, body_bytes).await
         }
     }
 

@@ -96,17 +96,14 @@ pub struct UnknownInfno(pub String);
 impl FromStr for Infno {
     type Err = UnknownInfno;
 
+    /// Any case, blanks around it ignored; compared in place (every event names one, so no
+    /// copy is made of it).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "ELS7001" => Ok(Infno::Els7001),
-            "ELS7002" => Ok(Infno::Els7002),
-            "ELS7003" => Ok(Infno::Els7003),
-            "ELS7004" => Ok(Infno::Els7004),
-            "ELS7005" => Ok(Infno::Els7005),
-            "ELS7006" => Ok(Infno::Els7006),
-            "ELS7007" => Ok(Infno::Els7007),
-            _ => Err(UnknownInfno(field::excerpt(s))),
-        }
+        let code = s.trim();
+        std::iter::once(Infno::Els7001)
+            .chain(Infno::UPLOADS)
+            .find(|infno| infno.as_str().eq_ignore_ascii_case(code))
+            .ok_or_else(|| UnknownInfno(field::excerpt(s)))
     }
 }
 
@@ -121,6 +118,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&infno).unwrap(), format!("\"{infno}\""));
         }
         assert_eq!("els7003".parse::<Infno>(), Ok(Infno::Els7003));
+        assert_eq!(" Els7004\t".parse::<Infno>(), Ok(Infno::Els7004));
         assert!("ELS7008".parse::<Infno>().is_err());
         assert!("7002".parse::<Infno>().is_err());
     }
