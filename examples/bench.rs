@@ -606,6 +606,7 @@ struct Ignore;
 
 impl els_bridge::broker::log::Fold for Ignore {
     type Change = Value;
+    type Read<'de> = Value;
     fn apply(&mut self, _change: Value) {}
 }
 

@@ -651,6 +651,7 @@ struct Claims(Vec<chrono::DateTime<chrono::Utc>>);
 
 impl els_bridge::broker::log::Fold for Claims {
     type Change = els_bridge::ledger::Entry;
+    type Read<'de> = els_bridge::ledger::Entry;
 
     fn apply(&mut self, change: els_bridge::ledger::Entry) {
         if let els_bridge::ledger::Entry::Claim(claim) = change {

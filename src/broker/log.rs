@@ -32,7 +32,6 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::protocol::AMQPSoftError;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ErrorKind};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -55,10 +54,14 @@ const STREAM_START_PAUSE: Duration = Duration::from_millis(100);
 
 /// State built by folding a log's entries in order.
 pub trait Fold: Send + 'static {
-    /// One entry's change.
-    type Change: Serialize + DeserializeOwned + Send;
+    /// One entry's change, as it is appended.
+    type Change: Serialize + Send;
+    /// One entry's change as this fold reads it back: the change itself, or only the part
+    /// the fold keeps, borrowed from the entry's bytes (what a fold does not name is
+    /// skipped unread).
+    type Read<'de>: Deserialize<'de>;
     /// Applies one change (in log order).
-    fn apply(&mut self, change: Self::Change);
+    fn apply(&mut self, change: Self::Read<'_>);
 }
 
 /// How a log's stream is declared and where a process starts reading it.
@@ -324,7 +327,7 @@ async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mut
     let why = loop {
         match consumer.next().await {
             Some(Ok(delivery)) => {
-                match serde_json::from_slice::<Entry<F::Change>>(&delivery.data) {
+                match serde_json::from_slice::<Entry<F::Read<'_>>>(&delivery.data) {
                     Ok(entry) => apply(&mut lock(&inner), entry),
                     Err(_) => tracing::warn!(%stream, bytes = delivery.data.len(), "ignoring an unreadable entry"),
                 }
@@ -348,7 +351,7 @@ async fn read<F: Fold>(_channel: Channel, mut consumer: Consumer, inner: Arc<Mut
     ended.cancel();
 }
 
-fn apply<F: Fold>(inner: &mut Inner<F>, entry: Entry<F::Change>) {
+fn apply<F: Fold>(inner: &mut Inner<F>, entry: Entry<F::Read<'_>>) {
     inner.applied += 1;
     if let Some(change) = entry.change {
         inner.fold.apply(change);
@@ -390,6 +393,7 @@ mod tests {
     struct Sum(i64);
     impl Fold for Sum {
         type Change = i64;
+        type Read<'de> = i64;
         fn apply(&mut self, change: i64) {
             self.0 += change;
         }

@@ -185,6 +185,7 @@ enum Change {
 
 impl Fold for CurrentTokens {
     type Change = Change;
+    type Read<'de> = Change;
 
     fn apply(&mut self, change: Change) {
         match change {

@@ -134,8 +134,9 @@ struct Counted<F> {
 
 impl<F: Fold> Fold for Counted<F> {
     type Change = F::Change;
+    type Read<'de> = F::Read<'de>;
 
-    fn apply(&mut self, change: F::Change) {
+    fn apply(&mut self, change: F::Read<'_>) {
         self.progress.inc(1);
         self.fold.apply(change);
     }

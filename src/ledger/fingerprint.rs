@@ -6,12 +6,14 @@
 use std::fmt;
 use std::num::NonZeroU64;
 
-use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use sha1::{Digest, Sha1};
 
 /// The fingerprint of one message; written as 16 hexadecimal digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(NonZeroU64);
 
 impl Fingerprint {
@@ -41,21 +43,43 @@ impl fmt::Display for Fingerprint {
     }
 }
 
-impl From<Fingerprint> for String {
-    fn from(fingerprint: Fingerprint) -> String {
-        fingerprint.to_string()
+/// Written straight into the entry (one per receipt row).
+impl Serialize for Fingerprint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
-impl TryFrom<String> for Fingerprint {
-    type Error = String;
+impl FromStr for Fingerprint {
+    type Err = String;
 
-    fn try_from(text: String) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, String> {
         let digits = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        match u64::from_str_radix(&text, 16) {
+        match u64::from_str_radix(text, 16) {
             Ok(value) if digits => Ok(Fingerprint::from_bits(value)),
             _ => Err(format!("a fingerprint is 16 hexadecimal digits, not {text:?}")),
         }
+    }
+}
+
+/// Read from the entry's text in place (the index reads one per receipt row).
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FingerprintVisitor)
+    }
+}
+
+struct FingerprintVisitor;
+
+impl Visitor<'_> for FingerprintVisitor {
+    type Value = Fingerprint;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a fingerprint (16 hexadecimal digits)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Fingerprint, E> {
+        text.parse().map_err(E::custom)
     }
 }
 
@@ -70,9 +94,15 @@ mod tests {
         assert_ne!(a, Fingerprint::of_message(Some("m-2"), b"{}"));
         assert_ne!(a, Fingerprint::of_message(Some("m-1"), b"{ }"));
         assert_ne!(Fingerprint::of_message(Some("ab"), b"c"), Fingerprint::of_message(Some("a"), b"bc"));
-        assert_eq!(Fingerprint::try_from(a.to_string()), Ok(a));
-        assert!(Fingerprint::try_from("xyz".to_owned()).is_err());
-        assert!(Fingerprint::try_from("+0000000000000001".to_owned()).is_err());
+        assert_eq!(a.to_string().parse(), Ok(a));
+        assert!("xyz".parse::<Fingerprint>().is_err());
+        assert!("+0000000000000001".parse::<Fingerprint>().is_err());
+        let quoted = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Fingerprint>(&quoted).unwrap(), a);
+        let escaped = quoted.replacen(&quoted[1..2], &format!("\\u{:04x}", u32::from(quoted.as_bytes()[1])), 1);
+        assert_eq!(serde_json::from_str::<Fingerprint>(&escaped).unwrap(), a, "{escaped}");
+        assert!(serde_json::from_str::<Fingerprint>("12").is_err());
+        assert_eq!(quoted, format!("\"{a}\""));
         assert_eq!(size_of::<Option<Fingerprint>>(), 8);
     }
 }

@@ -166,6 +166,7 @@ impl History {
 
 impl Fold for History {
     type Change = Entry;
+    type Read<'de> = Entry;
 
     fn apply(&mut self, change: Entry) {
         match change {

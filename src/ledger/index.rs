@@ -14,14 +14,80 @@
 //! per worker should raise it. Claims are few (one per batch in flight) and dropped when
 //! released or expired.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use serde::Deserialize;
 
-use super::{CLAIM_TTL, Claim, Entry, Fingerprint, ReceiptRow, Turn};
+use super::{CLAIM_TTL, Fingerprint, Turn};
 use crate::spec::Infno;
+
+/// A ledger [`Entry`](super::Entry) as the index reads it back: only what the index
+/// keeps, a row's key borrowed from the entry's bytes. A receipt's msgid and return code,
+/// its rows' quantity, price and time, and a claim's time and replica are skipped unread:
+/// every worker reads every entry of the fleet, and the whole index window at start-up.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Indexed<'a> {
+    /// A batch's claim on its keys.
+    Claim(#[serde(borrow)] IndexedClaim<'a>),
+    /// Rows the platform accepted.
+    Receipt(#[serde(borrow)] IndexedReceipt<'a>),
+    /// A claim's upload is over.
+    Release {
+        /// The claim's id.
+        claim: String,
+    },
+    /// A claim's upload is still under way.
+    Renew {
+        /// The claim's id.
+        claim: String,
+    },
+}
+
+/// What the index keeps of a [`Claim`](super::Claim).
+#[derive(Debug, Deserialize)]
+pub struct IndexedClaim<'a> {
+    id: String,
+    institution: String,
+    infno: Infno,
+    #[serde(borrow)]
+    keys: Vec<(Text<'a>, Option<u64>)>,
+    #[serde(default)]
+    holder: Option<String>,
+}
+
+/// What the index keeps of a [`Receipt`](super::Receipt).
+#[derive(Debug, Deserialize)]
+pub struct IndexedReceipt<'a> {
+    claim: String,
+    institution: String,
+    infno: Infno,
+    at: DateTime<Utc>,
+    #[serde(borrow)]
+    rows: Vec<IndexedRow<'a>>,
+    #[serde(default)]
+    ends_claim: bool,
+}
+
+/// What the index keeps of a [`ReceiptRow`](super::ReceiptRow).
+#[derive(Debug, Deserialize)]
+struct IndexedRow<'a> {
+    #[serde(borrow)]
+    key: Text<'a>,
+    version: Option<u64>,
+    #[serde(default)]
+    fingerprint: Option<Fingerprint>,
+}
+
+/// A string of the entry, borrowed unless it has escapes (serde borrows a `Cow` only as
+/// a field of its own, not inside a tuple or a vector).
+#[derive(Debug, Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// A claim in force.
 #[derive(Debug, Clone)]
@@ -170,30 +236,30 @@ impl Index {
     }
 
     /// Applies one ledger entry.
-    pub fn apply(&mut self, entry: Entry) {
+    pub fn apply(&mut self, entry: Indexed<'_>) {
         self.seq += 1;
         match entry {
-            Entry::Claim(Claim { id, institution, infno, keys, holder, .. }) => {
+            Indexed::Claim(IndexedClaim { id, institution, infno, keys, holder }) => {
                 self.drop_expired_claims();
-                let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, k), *v)).collect();
+                let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, &k.0), *v)).collect();
                 for (key, _) in &keys {
                     self.claimed.entry(*key).or_default().push((self.seq, id.clone()));
                 }
                 self.claims.insert(id, ActiveClaim { seq: self.seq, seen: Instant::now(), holder, keys });
             }
-            Entry::Receipt(receipt) => {
+            Indexed::Receipt(receipt) => {
                 // Every replica follows the fleet's receipts, the history included: the
                 // gauge shows the fleet's last acceptance, also right after a restart.
                 crate::telemetry::metrics::last_accepted(&receipt.institution, receipt.infno, receipt.at.into());
                 for row in &receipt.rows {
-                    self.accepted_row(key_id(&receipt.institution, receipt.infno, &row.key), row);
+                    self.accepted_row(key_id(&receipt.institution, receipt.infno, &row.key.0), row);
                 }
                 if receipt.ends_claim {
                     self.release(&receipt.claim);
                 }
             }
-            Entry::Release { claim } => self.release(&claim),
-            Entry::Renew { claim } => {
+            Indexed::Release { claim } => self.release(&claim),
+            Indexed::Renew { claim } => {
                 if let Some(active) = self.claims.get_mut(&claim) {
                     active.seen = Instant::now();
                 }
@@ -201,7 +267,7 @@ impl Index {
         }
     }
 
-    fn accepted_row(&mut self, id: u64, row: &ReceiptRow) {
+    fn accepted_row(&mut self, id: u64, row: &IndexedRow) {
         match self.uploaded.get_mut(&id) {
             Some(newest) => {
                 let older = matches!((row.version, newest.version), (Some(this), Some(newest)) if this < newest);
@@ -261,7 +327,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Receipt;
+    use crate::ledger::{Claim, Entry, Receipt, ReceiptRow};
     use chrono::Utc;
     use rust_decimal::Decimal;
 
@@ -279,6 +345,13 @@ mod tests {
             holder: holder.map(str::to_owned),
             replica: None,
         })
+    }
+
+    /// Applies `entry` as the worker does: written as the ledger stream holds it, read
+    /// back as the index reads it.
+    fn apply(index: &mut Index, entry: Entry) {
+        let text = serde_json::to_string(&entry).unwrap();
+        index.apply(serde_json::from_str(&text).unwrap());
     }
 
     fn no_one_gone(_: &str) -> bool {
@@ -310,47 +383,64 @@ mod tests {
     }
 
     #[test]
+    fn keys_with_escapes_and_entries_of_older_releases_are_read() {
+        let mut index = Index::new(10);
+        apply(&mut index, receipt("K\"1\\é\n", Some(5)));
+        assert!(index.is_stale("H1", Infno::Els7002, "K\"1\\é\n", Some(4)));
+        // Written before fingerprints and holders were: a receipt row without one, and a
+        // claim without holder whose key is spelled with an escape.
+        let receipt = r#"{"receipt":{"claim":"c1","institution":"H1","infno":"ELS7002","msgid":"m","return_code":1,"at":"2026-11-25T01:00:01Z","rows":[{"key":"IN-1","version":3,"quantity":"10","price":"12.34","time":"2026-11-25 09:30:00"}]}}"#;
+        index.apply(serde_json::from_str(receipt).unwrap());
+        assert!(index.is_stale("H1", Infno::Els7002, "IN-1", Some(2)));
+        let claim_then =
+            r#"{"claim":{"id":"c2","institution":"H1","infno":"ELS7002","keys":[["IN-\u0031",4]],"at":"2026-11-25T01:00:00Z"}}"#;
+        index.apply(serde_json::from_str(claim_then).unwrap());
+        apply(&mut index, claim("c3", &[("IN-1", Some(5))]));
+        assert_eq!(index.turns("c3", &[None], no_one_gone), Err(Blocked { holders: vec![] }));
+    }
+
+    #[test]
     fn an_older_version_than_the_uploaded_one_is_stale() {
         let mut index = Index::new(10);
-        index.apply(receipt("k", Some(5)));
+        apply(&mut index, receipt("k", Some(5)));
         assert!(index.is_stale("H1", Infno::Els7002, "k", Some(4)));
         assert!(!index.is_stale("H1", Infno::Els7002, "k", Some(5)), "the same version may be sent again");
         assert!(!index.is_stale("H1", Infno::Els7002, "k", None));
         assert!(!index.is_stale("H1", Infno::Els7003, "k", Some(1)), "keys are per transaction");
-        index.apply(receipt("k", Some(3)));
+        apply(&mut index, receipt("k", Some(3)));
         assert!(index.is_stale("H1", Infno::Els7002, "k", Some(4)), "the newest stays");
     }
 
     #[test]
     fn a_later_claim_waits_for_an_earlier_one_and_yields_only_to_an_accepted_higher_one() {
         let mut index = Index::new(10);
-        index.apply(claim("a", &[("k", Some(1)), ("j", None)]));
-        index.apply(claim("b", &[("k", Some(2))]));
-        index.apply(claim("c", &[("x", Some(1))]));
+        apply(&mut index, claim("a", &[("k", Some(1)), ("j", None)]));
+        apply(&mut index, claim("b", &[("k", Some(2))]));
+        apply(&mut index, claim("c", &[("x", Some(1))]));
         assert_eq!(index.turns("a", &[None; 2], no_one_gone), Ok(vec![Turn::Go, Turn::Go]));
         assert_eq!(index.turns("b", &[None; 1], no_one_gone), Err(Blocked { holders: vec!["w1".into()] }), "b waits for a");
         assert_eq!(index.turns("c", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "other keys are not held up");
-        index.apply(receipt("k", Some(1)));
-        index.apply(Entry::Release { claim: "a".into() });
+        apply(&mut index, receipt("k", Some(1)));
+        apply(&mut index, Entry::Release { claim: "a".into() });
         assert_eq!(index.turns("b", &[None; 1], no_one_gone), Ok(vec![Turn::Go]));
 
-        index.apply(claim("d", &[("k", Some(9))]));
-        index.apply(claim("e", &[("k", Some(3))]));
-        index.apply(Entry::Release { claim: "b".into() });
+        apply(&mut index, claim("d", &[("k", Some(9))]));
+        apply(&mut index, claim("e", &[("k", Some(3))]));
+        apply(&mut index, Entry::Release { claim: "b".into() });
         assert_eq!(
             index.turns("e", &[None; 1], no_one_gone),
             Err(Blocked { holders: vec!["w1".into()] }),
             "a newer version claimed first: wait for it"
         );
-        index.apply(receipt("k", Some(9)));
-        index.apply(Entry::Release { claim: "d".into() });
+        apply(&mut index, receipt("k", Some(9)));
+        apply(&mut index, Entry::Release { claim: "d".into() });
         assert_eq!(index.turns("e", &[None; 1], no_one_gone), Ok(vec![Turn::Superseded]), "the newer version was accepted");
 
         // A newer version that is refused (released without a receipt) leaves the key to the older one.
-        index.apply(claim("f", &[("r", Some(2))]));
-        index.apply(claim("g", &[("r", Some(1))]));
+        apply(&mut index, claim("f", &[("r", Some(2))]));
+        apply(&mut index, claim("g", &[("r", Some(1))]));
         assert!(index.turns("g", &[None; 1], no_one_gone).is_err());
-        index.apply(Entry::Release { claim: "f".into() });
+        apply(&mut index, Entry::Release { claim: "f".into() });
         assert_eq!(index.turns("g", &[None; 1], no_one_gone), Ok(vec![Turn::Go]), "uploaded: nothing newer was accepted");
     }
 
@@ -361,11 +451,11 @@ mod tests {
             Entry::Receipt(receipt) => Entry::Receipt(Receipt { claim: claim.into(), ends_claim, ..receipt }),
             other => other,
         };
-        index.apply(claim("a", &[("k", Some(1))]));
-        index.apply(claim("b", &[("k", Some(2))]));
-        index.apply(ending("a", false));
+        apply(&mut index, claim("a", &[("k", Some(1))]));
+        apply(&mut index, claim("b", &[("k", Some(2))]));
+        apply(&mut index, ending("a", false));
         assert!(index.turns("b", &[None], no_one_gone).is_err(), "a's claim is still in force: a release follows");
-        index.apply(ending("a", true));
+        apply(&mut index, ending("a", true));
         assert_eq!(index.turns("b", &[None], no_one_gone), Ok(vec![Turn::Go]), "the receipt ended a's claim");
     }
 
@@ -374,40 +464,40 @@ mod tests {
         let mut index = Index::new(10);
         let first = Fingerprint::of_message(Some("m1"), b"first");
         let later = Fingerprint::of_message(Some("m2"), b"later");
-        index.apply(receipt_of("k", None, Some(first)));
-        index.apply(claim("a", &[("k", None)]));
+        apply(&mut index, receipt_of("k", None, Some(first)));
+        apply(&mut index, claim("a", &[("k", None)]));
         assert_eq!(index.turns("a", &[Some(first)], no_one_gone), Ok(vec![Turn::Go]), "nothing newer: sending it again is harmless");
-        index.apply(Entry::Release { claim: "a".into() });
+        apply(&mut index, Entry::Release { claim: "a".into() });
 
-        index.apply(receipt_of("k", None, Some(later)));
-        index.apply(claim("b", &[("k", None)]));
+        apply(&mut index, receipt_of("k", None, Some(later)));
+        apply(&mut index, claim("b", &[("k", None)]));
         assert_eq!(index.turns("b", &[Some(first)], no_one_gone), Ok(vec![Turn::Superseded]), "a copy of the first message");
         assert_eq!(index.turns("b", &[Some(later)], no_one_gone), Ok(vec![Turn::Go]), "a copy of the newest");
         assert_eq!(index.turns("b", &[None], no_one_gone), Ok(vec![Turn::Go]), "a new event: the later delivery wins");
-        index.apply(Entry::Release { claim: "b".into() });
+        apply(&mut index, Entry::Release { claim: "b".into() });
 
         // A back-filled row (no message) accepted after it makes the copy stale as well.
-        index.apply(receipt_of("k", None, None));
-        index.apply(claim("c", &[("k", None)]));
+        apply(&mut index, receipt_of("k", None, None));
+        apply(&mut index, claim("c", &[("k", None)]));
         assert_eq!(index.turns("c", &[Some(later)], no_one_gone), Ok(vec![Turn::Superseded]));
-        index.apply(Entry::Release { claim: "c".into() });
+        apply(&mut index, Entry::Release { claim: "c".into() });
 
         // A lower version accepted late does not become the key's newest.
         let v5 = Fingerprint::of_message(None, b"v5");
-        index.apply(receipt_of("v", Some(5), Some(v5)));
-        index.apply(receipt_of("v", Some(4), Some(Fingerprint::of_message(None, b"v4"))));
-        index.apply(claim("d", &[("v", Some(5))]));
+        apply(&mut index, receipt_of("v", Some(5), Some(v5)));
+        apply(&mut index, receipt_of("v", Some(4), Some(Fingerprint::of_message(None, b"v4"))));
+        apply(&mut index, claim("d", &[("v", Some(5))]));
         assert_eq!(index.turns("d", &[Some(v5)], no_one_gone), Ok(vec![Turn::Go]));
     }
 
     #[test]
     fn rows_without_version_or_fingerprint_add_no_key_and_overtaken_fingerprints_are_bounded() {
         let mut index = Index::new(2);
-        index.apply(receipt_of("backfilled", None, None));
+        apply(&mut index, receipt_of("backfilled", None, None));
         assert!(index.is_empty());
         let prints: Vec<Fingerprint> = (0..4u8).map(|i| Fingerprint::of_message(None, &[i])).collect();
         for print in &prints {
-            index.apply(receipt_of("corrected", None, Some(*print)));
+            apply(&mut index, receipt_of("corrected", None, Some(*print)));
         }
         assert_eq!(index.len(), 1);
         assert_eq!(index.overtaken.len(), 2, "{:?}", index.overtaken);
@@ -418,11 +508,11 @@ mod tests {
     #[test]
     fn a_claim_renewed_in_time_stays_in_force_and_one_left_alone_expires() {
         let mut index = Index::new(10).with_claim_ttl(Duration::from_millis(60));
-        index.apply(claim("a", &[("k", Some(1))]));
-        index.apply(claim("b", &[("k", Some(2))]));
+        apply(&mut index, claim("a", &[("k", Some(1))]));
+        apply(&mut index, claim("b", &[("k", Some(2))]));
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(30));
-            index.apply(Entry::Renew { claim: "a".into() });
+            apply(&mut index, Entry::Renew { claim: "a".into() });
             assert!(index.turns("b", &[None; 1], no_one_gone).is_err(), "a renewed claim holds its keys");
         }
         std::thread::sleep(Duration::from_millis(80));
@@ -432,10 +522,10 @@ mod tests {
     #[test]
     fn claims_of_a_holder_that_is_gone_hold_nothing_up() {
         let mut index = Index::new(10);
-        index.apply(claim_of(Some("dead"), "a", &[("k", Some(1))]));
-        index.apply(claim_of(Some("alive"), "b", &[("j", Some(1))]));
-        index.apply(claim_of(None, "c", &[("l", Some(1))]));
-        index.apply(claim_of(Some("w2"), "d", &[("k", Some(2)), ("j", Some(2)), ("l", Some(2))]));
+        apply(&mut index, claim_of(Some("dead"), "a", &[("k", Some(1))]));
+        apply(&mut index, claim_of(Some("alive"), "b", &[("j", Some(1))]));
+        apply(&mut index, claim_of(None, "c", &[("l", Some(1))]));
+        apply(&mut index, claim_of(Some("w2"), "d", &[("k", Some(2)), ("j", Some(2)), ("l", Some(2))]));
         let gone = |holder: &str| holder == "dead";
         assert_eq!(
             index.turns("d", &[None; 3], no_one_gone),
@@ -443,8 +533,8 @@ mod tests {
             "every holder in the way is named once; a claim without a holder cannot be probed"
         );
         assert_eq!(index.turns("d", &[None; 3], gone), Err(Blocked { holders: vec!["alive".into()] }));
-        index.apply(Entry::Release { claim: "b".into() });
-        index.apply(Entry::Release { claim: "c".into() });
+        apply(&mut index, Entry::Release { claim: "b".into() });
+        apply(&mut index, Entry::Release { claim: "c".into() });
         assert_eq!(index.turns("d", &[None; 3], gone), Ok(vec![Turn::Go; 3]), "the dead holder's claim is skipped");
         assert!(index.turns("d", &[None; 3], no_one_gone).is_err(), "until known to be gone it holds k");
     }
@@ -452,10 +542,10 @@ mod tests {
     #[test]
     fn the_index_forgets_the_oldest_keys_beyond_its_size() {
         let mut index = Index::new(2);
-        index.apply(receipt("a", Some(5)));
-        index.apply(receipt("b", Some(5)));
-        index.apply(receipt("a", Some(6)));
-        index.apply(receipt("c", Some(5)));
+        apply(&mut index, receipt("a", Some(5)));
+        apply(&mut index, receipt("b", Some(5)));
+        apply(&mut index, receipt("a", Some(6)));
+        apply(&mut index, receipt("c", Some(5)));
         assert_eq!(index.len(), 2);
         assert!(!index.is_stale("H1", Infno::Els7002, "a", Some(1)), "a was forgotten");
         assert!(index.is_stale("H1", Infno::Els7002, "b", Some(1)));

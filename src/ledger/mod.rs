@@ -411,8 +411,9 @@ impl RoundTrip {
 
 impl Fold for Index {
     type Change = Entry;
+    type Read<'de> = index::Indexed<'de>;
 
-    fn apply(&mut self, change: Entry) {
+    fn apply(&mut self, change: index::Indexed<'_>) {
         Index::apply(self, change);
     }
 }

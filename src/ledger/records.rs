@@ -85,6 +85,7 @@ impl Latest {
 
 impl Fold for Latest {
     type Change = Entry;
+    type Read<'de> = Entry;
 
     fn apply(&mut self, change: Entry) {
         let Some(receipt) = change.receipt_of(self.institution.as_deref()) else { return };

@@ -83,6 +83,7 @@ impl Tally {
 
 impl Fold for Tally {
     type Change = Entry;
+    type Read<'de> = Entry;
 
     fn apply(&mut self, change: Entry) {
         let Some(receipt) = change.receipt_of(self.institution.as_deref()) else { return };
