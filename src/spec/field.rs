@@ -10,6 +10,10 @@ use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
+/// A text field's value: up to 24 bytes held in place (most codes and names, and Chinese
+/// names of up to eight characters), longer ones on the heap; a record has fifteen.
+pub type Text = compact_str::CompactString;
+
 /// Integer digits allowed in a `D` (numeric 12,4) value.
 const DECIMAL_INTEGER_DIGITS: u32 = 8;
 /// Fraction digits allowed in a `D` value.
@@ -309,7 +313,7 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
     }
 
     /// An optional `S max` field; numbers are taken as their text.
-    pub fn optional_text(&mut self, name: &'static str, max: usize) -> Option<String> {
+    pub fn optional_text(&mut self, name: &'static str, max: usize) -> Option<Text> {
         let value = self.present(name)?;
         let text = match value.view() {
             View::Text(s) | View::Number(s) => s,
@@ -326,11 +330,11 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
             self.fail(name, Rule::ControlCharacter, Some(value));
             return None;
         }
-        Some(text.to_owned())
+        Some(Text::from(text))
     }
 
     /// A required `S max` field.
-    pub fn text(&mut self, name: &'static str, max: usize) -> String {
+    pub fn text(&mut self, name: &'static str, max: usize) -> Text {
         let known_bad = self.errors.len();
         let text = self.optional_text(name, max);
         if text.is_none() && self.errors.len() == known_bad {
@@ -340,7 +344,7 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
     }
 
     /// A required text field whose value must be one of `allowed`.
-    pub fn dictionary(&mut self, name: &'static str, max: usize, allowed: &'static [&'static str]) -> String {
+    pub fn dictionary(&mut self, name: &'static str, max: usize, allowed: &'static [&'static str]) -> Text {
         let text = self.text(name, max);
         if !text.is_empty() && !allowed.contains(&text.as_str()) {
             let value = self.row.get(name);

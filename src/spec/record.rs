@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::Infno;
-use super::field::{FieldError, FieldReader, PlatformTime, Row};
+use super::field::{FieldError, FieldReader, PlatformTime, Row, Text};
 
 /// The dictionary of `er_flag`: "0" no, "1" emergency purchase.
 pub const ER_FLAG_VALUES: &[&str] = &["0", "1"];
@@ -32,12 +32,12 @@ pub trait Product: Serialize + Sized {
 /// A drug's description (ELS7002, ELS7003, ELS7006).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Drug {
-    pub drug_code: String,
-    pub drug_genname: String,
-    pub dosform: String,
-    pub spec: String,
-    pub convrat: String,
-    pub pacunt: String,
+    pub drug_code: Text,
+    pub drug_genname: Text,
+    pub dosform: Text,
+    pub spec: Text,
+    pub convrat: Text,
+    pub pacunt: Text,
 }
 
 impl Product for Drug {
@@ -60,12 +60,12 @@ impl Product for Drug {
 /// A medical consumable's description (ELS7004, ELS7005, ELS7007).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Consumable {
-    pub mcs_code: String,
-    pub prod_name: String,
-    pub spec: String,
-    pub mol: String,
-    pub unt: String,
-    pub regcert: String,
+    pub mcs_code: Text,
+    pub prod_name: Text,
+    pub spec: Text,
+    pub mol: Text,
+    pub unt: Text,
+    pub regcert: Text,
 }
 
 impl Product for Consumable {
@@ -89,16 +89,16 @@ impl Product for Consumable {
 /// every row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Supply {
-    pub prov_plaf_prod_code: String,
-    pub prodentp_name: String,
+    pub prov_plaf_prod_code: Text,
+    pub prodentp_name: Text,
     #[serde(serialize_with = "or_empty")]
-    pub prodentp_code: Option<String>,
-    pub delventp_name: String,
-    pub delventp_code: String,
+    pub prodentp_code: Option<Text>,
+    pub delventp_name: Text,
+    pub delventp_code: Text,
     #[serde(with = "rust_decimal::serde::str")]
     pub purc_pric: Decimal,
     #[serde(serialize_with = "or_empty")]
-    pub stroom_name: Option<String>,
+    pub stroom_name: Option<Text>,
 }
 
 impl Supply {
@@ -119,11 +119,11 @@ impl Supply {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Purchase {
     #[serde(serialize_with = "or_empty")]
-    pub prov_plaf_prod_id: Option<String>,
-    pub er_flag: String,
+    pub prov_plaf_prod_id: Option<Text>,
+    pub er_flag: Text,
     /// Required on stock-in ("0" when not a platform order), optional on stock-out.
     #[serde(serialize_with = "or_empty")]
-    pub prov_plaf_purc_ord_det_id: Option<String>,
+    pub prov_plaf_purc_ord_det_id: Option<Text>,
 }
 
 impl Purchase {
@@ -143,7 +143,7 @@ impl Purchase {
 /// A stock-in row: ELS7002 (drugs) and ELS7004 (consumables).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StockIn<P> {
-    pub hosp_purc_mgt_detl: String,
+    pub hosp_purc_mgt_detl: Text,
     #[serde(flatten)]
     pub product: P,
     #[serde(flatten)]
@@ -158,7 +158,7 @@ pub struct StockIn<P> {
 /// A stock-out row, net of internal returns: ELS7003 (drugs) and ELS7005 (consumables).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StockOut<P> {
-    pub hosp_purc_mgt_detl: String,
+    pub hosp_purc_mgt_detl: Text,
     #[serde(flatten)]
     pub product: P,
     #[serde(flatten)]
@@ -173,7 +173,7 @@ pub struct StockOut<P> {
 /// A return to the supplier: ELS7006 (drugs) and ELS7007 (consumables).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Return<P> {
-    pub hosp_retn_mgt_detl: String,
+    pub hosp_retn_mgt_detl: Text,
     #[serde(flatten)]
     pub product: P,
     #[serde(flatten)]
@@ -182,7 +182,7 @@ pub struct Return<P> {
     pub retn_cnt: Decimal,
     pub retn_time: PlatformTime,
     /// The provincial return line ("0" when not a platform return).
-    pub prov_plaf_retn_det_id: String,
+    pub prov_plaf_retn_det_id: Text,
 }
 
 impl<P: Product> StockIn<P> {
@@ -395,7 +395,7 @@ impl Record {
 }
 
 /// Serializes an absent optional field as `""`.
-fn or_empty<S: serde::Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+fn or_empty<S: serde::Serializer>(value: &Option<Text>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(value.as_deref().unwrap_or(""))
 }
 
