@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -128,8 +129,9 @@ pub struct Index {
     overtaken_order: VecDeque<Fingerprint>,
     max_keys: usize,
     claims: HashMap<String, ActiveClaim>,
-    /// Per key, the claims in force on it: (sequence, claim id), in log order.
-    claimed: HashMap<u64, Vec<(u64, String)>>,
+    /// Per key, the claims in force on it: (sequence, claim id), in log order; the id
+    /// shared by all keys of its claim.
+    claimed: HashMap<u64, Vec<(u64, Arc<str>)>>,
     seq: u64,
     /// A claim neither released nor renewed for this long is treated as abandoned.
     claim_ttl: Duration,
@@ -218,7 +220,7 @@ impl Index {
                 if *seq >= mine.seq {
                     break;
                 }
-                let Some(earlier) = self.claims.get(other) else { continue };
+                let Some(earlier) = self.claims.get(&**other) else { continue };
                 if earlier.seen.elapsed() > self.claim_ttl || earlier.holder.as_deref().is_some_and(&gone) {
                     continue;
                 }
@@ -242,8 +244,9 @@ impl Index {
             Indexed::Claim(IndexedClaim { id, institution, infno, keys, holder }) => {
                 self.drop_expired_claims();
                 let keys: Vec<(u64, Option<u64>)> = keys.iter().map(|(k, v)| (key_id(&institution, infno, &k.0), *v)).collect();
+                let shared: Arc<str> = Arc::from(id.as_str());
                 for (key, _) in &keys {
-                    self.claimed.entry(*key).or_default().push((self.seq, id.clone()));
+                    self.claimed.entry(*key).or_default().push((self.seq, shared.clone()));
                 }
                 self.claims.insert(id, ActiveClaim { seq: self.seq, seen: Instant::now(), holder, keys });
             }
@@ -307,7 +310,7 @@ impl Index {
         let Some(claim) = self.claims.remove(id) else { return };
         for (key, _) in claim.keys {
             if let Some(list) = self.claimed.get_mut(&key) {
-                list.retain(|(_, other)| other != id);
+                list.retain(|(_, other)| &**other != id);
                 if list.is_empty() {
                     self.claimed.remove(&key);
                 }

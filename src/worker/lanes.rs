@@ -21,6 +21,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
 
 use crate::ledger::Fingerprint;
+use crate::spec::field::Text;
 use crate::spec::{Infno, Record};
 use crate::upload::Row;
 
@@ -106,12 +107,12 @@ pub struct Batch<T> {
 struct Lane<T> {
     /// Keys that may go into a call now, with when each arrived, in the order they became
     /// ready.
-    ready: IndexMap<String, (Pending<T>, Instant), foldhash::fast::RandomState>,
+    ready: IndexMap<Text, (Pending<T>, Instant), foldhash::fast::RandomState>,
     /// New versions of keys in flight, with when each arrived; each becomes ready when its
     /// key is settled.
-    blocked: HashMap<String, (Pending<T>, Instant)>,
+    blocked: HashMap<Text, (Pending<T>, Instant)>,
     /// Keys in an upload that is not settled yet.
-    in_flight: HashSet<String>,
+    in_flight: HashSet<Text>,
     /// When the oldest record in `ready` arrived (`None` when nothing is ready). Not
     /// always the front one: a key that was blocked joins at the back with its own
     /// arrival.
@@ -126,7 +127,7 @@ impl<T> Default for Lane<T> {
 
 impl<T> Lane<T> {
     /// Adds a delivery of `key`, merging it into the version of the key already waiting.
-    fn add(&mut self, key: String, record: Record, version: Option<u64>, source: T) {
+    fn add(&mut self, key: Text, record: Record, version: Option<u64>, source: T) {
         if let Some((pending, _)) = self.ready.get_mut(&key) {
             pending.merge(record, version, source);
         } else if self.in_flight.contains(&key) {
@@ -160,7 +161,7 @@ impl<T> Lane<T> {
     }
 
     /// `key`'s upload is settled: its blocked version, if any, becomes ready.
-    fn settle(&mut self, key: String) {
+    fn settle(&mut self, key: Text) {
         if !self.in_flight.remove(&key) {
             return;
         }
@@ -208,7 +209,7 @@ impl<T> Lanes<T> {
             Some(entry) => entry,
             None => self.lanes.entry(lane.clone()).or_default(),
         };
-        entry.add(record.key().to_owned(), record, version, source);
+        entry.add(Text::from(record.key()), record, version, source);
         if entry.ready.len() < self.max_records {
             return None;
         }
@@ -250,7 +251,7 @@ impl<T> Lanes<T> {
 
     /// The keys of an upload are settled: they may go into calls again, and new versions
     /// of them that arrived meanwhile become ready.
-    pub fn settled(&mut self, lane: &LaneKey, keys: impl IntoIterator<Item = String>) {
+    pub fn settled(&mut self, lane: &LaneKey, keys: impl IntoIterator<Item = Text>) {
         if let Some(entry) = self.lanes.get_mut(lane) {
             for key in keys {
                 entry.settle(key);
@@ -352,10 +353,10 @@ mod tests {
         let second = lanes.due(Instant::now(), true).pop().unwrap();
         assert_eq!(second.rows.iter().map(|r| r.record.key()).collect::<Vec<_>>(), ["b"]);
         assert!(lanes.due(Instant::now(), true).is_empty(), "a is still in flight");
-        lanes.settled(&first.lane, ["a".to_owned()]);
+        lanes.settled(&first.lane, ["a".into()]);
         let third = lanes.due(Instant::now(), true).pop().unwrap();
         assert_eq!(third.rows[0].record.quantity().to_string(), "2");
-        lanes.settled(&lane(), ["a".to_owned(), "b".to_owned()]);
+        lanes.settled(&lane(), ["a".into(), "b".into()]);
         assert!(lanes.is_empty());
     }
 
@@ -368,7 +369,7 @@ mod tests {
         assert!(lanes.add(lane(), record("b", "1"), None, 3).is_none());
         assert!(lanes.add(lane(), record("c", "1"), None, 4).is_none(), "a is blocked: only b and c are ready");
         assert_eq!(lanes.waiting(), 3);
-        lanes.settled(&first.lane, ["a".to_owned()]);
+        lanes.settled(&first.lane, ["a".into()]);
         let batch = lanes.add(lane(), record("d", "1"), None, 5).unwrap();
         let mut keys: Vec<&str> = batch.rows.iter().map(|r| r.record.key()).collect();
         keys.sort_unstable();
@@ -393,7 +394,7 @@ mod tests {
         lanes.add(lane(), record("b", "1"), None, 5);
         let only_b = lanes.next_deadline().unwrap();
         assert!(only_b > blocked_by + linger);
-        lanes.settled(&first.lane, ["a".to_owned(), "x".to_owned()]);
+        lanes.settled(&first.lane, ["a".into(), "x".into()]);
         let with_a_and_x = lanes.next_deadline().unwrap();
         assert!(with_a_and_x <= blocked_by + linger, "a and x arrived before b");
         // Three ready, two per call: what is left after one call still has an old record.

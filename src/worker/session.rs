@@ -23,6 +23,7 @@ use super::settle::{Settlement, send_ack};
 use crate::broker::{self, BrokerError};
 use crate::config::{AmqpSettings, Config};
 use crate::event::{self, Institutions};
+use crate::spec::field::Text;
 
 /// How late a sleep may end: tokio's timers fire on a 1 ms tick after their deadline (on
 /// the benchmark machine 0.5–1.9 ms late, 1.07 ms on average).
@@ -61,7 +62,7 @@ struct Done {
     /// What became of its deliveries.
     settlement: Settlement,
     /// For a batch: its lane and keys, which may go into calls again.
-    keys: Option<(LaneKey, Vec<String>)>,
+    keys: Option<(LaneKey, Vec<Text>)>,
 }
 
 impl Session<'_> {
@@ -266,7 +267,7 @@ impl<'s, 'a> Flow<'s, 'a> {
         let Some(institution) = self.session.config.institution(&batch.lane.fixmedins_code).cloned() else { return };
         let pipeline = self.session.pipeline.clone();
         self.tasks.spawn(async move {
-            let keys: Vec<String> = batch.rows.iter().map(|r| r.record.key().to_owned()).collect();
+            let keys: Vec<Text> = batch.rows.iter().map(|r| Text::from(r.record.key())).collect();
             let handed = batch.rows.iter().flat_map(|r| r.source.deliveries.iter()).map(|d| (d.delivery_tag, d.acker.clone())).collect();
             let settlement = settle_or_hand_back(pipeline.run(&institution, batch.lane.infno, batch.rows), handed).await;
             Done { settlement, keys: Some((batch.lane, keys)) }
