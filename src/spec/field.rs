@@ -14,6 +14,21 @@ use serde_json::{Map, Value};
 /// names of up to eight characters), longer ones on the heap; a record has fifteen.
 pub type Text = compact_str::CompactString;
 
+/// Whether `text` has more than `max` characters (one of at most `max` bytes never has:
+/// the characters are counted only beyond).
+fn longer_than(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
+/// Whether `text` has a control character (`char::is_control`: U+0000–U+001F and
+/// U+007F–U+009F), looked for in its bytes: the first 33 are bytes of their own, the rest
+/// are encoded as 0xC2 and a second byte, so text without a 0xC2 byte (Chinese text, or
+/// ASCII) is not decoded at all.
+fn has_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().any(|&b| b < 0x20 || b == 0x7f) || (bytes.contains(&0xc2) && text.chars().any(char::is_control))
+}
+
 /// Integer digits allowed in a `D` (numeric 12,4) value.
 const DECIMAL_INTEGER_DIGITS: u32 = 8;
 /// Fraction digits allowed in a `D` value.
@@ -322,11 +337,11 @@ impl<'a, R: Row + ?Sized> FieldReader<'a, R> {
                 return None;
             }
         };
-        if text.chars().count() > max {
+        if longer_than(text, max) {
             self.fail(name, Rule::MaxLength(max), Some(value));
             return None;
         }
-        if text.chars().any(char::is_control) {
+        if has_control(text) {
             self.fail(name, Rule::ControlCharacter, Some(value));
             return None;
         }
@@ -555,6 +570,19 @@ mod tests {
         let mut r = FieldReader::new(row.as_object().unwrap());
         assert_eq!(r.text("n", 128).chars().count(), 128);
         assert!(r.finish(("", &[])).is_ok());
+    }
+
+    #[test]
+    fn control_characters_and_lengths_are_found_in_the_bytes_as_by_decoding() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let text = format!("a{c}b");
+            assert_eq!(has_control(&text), text.chars().any(char::is_control), "{:x}", c as u32);
+        }
+        for text in ["", "abc", "药品", "药品名称", "é\u{85}"] {
+            for max in 0..10 {
+                assert_eq!(longer_than(text, max), text.chars().count() > max, "{text:?} {max}");
+            }
+        }
     }
 
     #[test]

@@ -96,14 +96,24 @@ pub struct UnknownInfno(pub String);
 impl FromStr for Infno {
     type Err = UnknownInfno;
 
-    /// Any case, blanks around it ignored; compared in place (every event names one, so no
-    /// copy is made of it).
+    /// Any case, blanks around it ignored; read in place (every event names one).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let code = s.trim();
-        std::iter::once(Infno::Els7001)
-            .chain(Infno::UPLOADS)
-            .find(|infno| infno.as_str().eq_ignore_ascii_case(code))
-            .ok_or_else(|| UnknownInfno(field::excerpt(s)))
+        let code = s.trim().as_bytes();
+        let mut upper = [0u8; 7];
+        if code.len() == upper.len() {
+            upper.copy_from_slice(code);
+            upper.make_ascii_uppercase();
+        }
+        match &upper {
+            b"ELS7001" => Ok(Infno::Els7001),
+            b"ELS7002" => Ok(Infno::Els7002),
+            b"ELS7003" => Ok(Infno::Els7003),
+            b"ELS7004" => Ok(Infno::Els7004),
+            b"ELS7005" => Ok(Infno::Els7005),
+            b"ELS7006" => Ok(Infno::Els7006),
+            b"ELS7007" => Ok(Infno::Els7007),
+            _ => Err(UnknownInfno(field::excerpt(s))),
+        }
     }
 }
 
