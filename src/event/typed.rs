@@ -243,15 +243,26 @@ impl<'de> Visitor<'de> for DataVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DataRow<'de>, A::Error> {
         let mut row = DataRow { cells: Vec::with_capacity(24), ..DataRow::default() };
+        let mut names_seen = 0u64;
         while let Some(Key(name)) = map.next_key()? {
-            if row.cells.iter().any(|(seen, _)| *seen == name) {
+            let bit = name_bit(&name);
+            if names_seen & bit != 0 && row.cells.iter().any(|(seen, _)| *seen == name) {
                 return Err(A::Error::custom(NOT_PLAIN));
             }
+            names_seen |= bit;
             let value = map.next_value_seed(ScalarSeed)?;
             row.cells.push((name, value));
         }
         Ok(row)
     }
+}
+
+/// One of 64 bits for a field name, from its length and last byte: a name whose bit is not
+/// set yet was not seen in the row, so only the others are looked for among the fields read
+/// (the field names of a row mostly differ in both).
+fn name_bit(name: &str) -> u64 {
+    let last = name.as_bytes().last().copied().unwrap_or(0);
+    1 << ((name.len() * 7 + usize::from(last)) % 64)
 }
 
 /// Reads a null, a string or a number; anything else gives up.
