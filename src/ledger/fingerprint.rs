@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::num::NonZeroU64;
-
 use std::str::FromStr;
 
 use serde::de::{Deserializer, Visitor};

@@ -57,7 +57,7 @@ pub struct IndexedClaim<'a> {
     institution: String,
     infno: Infno,
     #[serde(borrow)]
-    keys: Vec<(Text<'a>, Option<u64>)>,
+    keys: Vec<(EntryStr<'a>, Option<u64>)>,
     #[serde(default)]
     holder: Option<String>,
 }
@@ -79,7 +79,7 @@ pub struct IndexedReceipt<'a> {
 #[derive(Debug, Deserialize)]
 struct IndexedRow<'a> {
     #[serde(borrow)]
-    key: Text<'a>,
+    key: EntryStr<'a>,
     version: Option<u64>,
     #[serde(default)]
     fingerprint: Option<Fingerprint>,
@@ -88,7 +88,7 @@ struct IndexedRow<'a> {
 /// A string of the entry, borrowed unless it has escapes (serde borrows a `Cow` only as
 /// a field of its own, not inside a tuple or a vector).
 #[derive(Debug, Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+struct EntryStr<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// A claim in force.
 #[derive(Debug, Clone)]
