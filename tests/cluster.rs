@@ -10,19 +10,18 @@
 
 mod common;
 
-use std::time::Duration;
-
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::broker::{QueueCounts, TestVhost, exclusive};
 use common::cluster::Cluster;
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
 use common::worker::{Amqp, WorkerProcess, test_retry, worker_toml};
-use els_bridge::simulator::api::{CallFilter, RecordFilter, RecordView};
+use els_bridge::broker::presence::{self, Presence};
+use els_bridge::simulator::api::{CallFilter, RecordFilter, RecordView, RecordsPage};
 use els_bridge::spec::Infno;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -85,6 +84,48 @@ async fn the_work_queue_survives_the_loss_of_its_leader_and_the_node_rejoins() {
         "els.events: led by node {leader}, then node {new_leader} after the kill; node {leader} rejoined, leader now node {after} \
          (the stream was led by node {stream_leader})"
     );
+}
+
+/// A ledger claim's holder and a msgid slot are exclusive queues of a worker's connection
+/// (`broker::presence`). When the node of that connection is killed, a probe through
+/// another node must not take the queue for held: RabbitMQ 3.x deletes it, 4.x with Khepri
+/// keeps its record and refuses the probe until the node is back (`NodeDown`). Taken for
+/// held, it would keep the claim's keys waiting for the claim TTL (300 s by default); an
+/// error would fail every claim in its way and every msgid slot search that reaches it.
+/// Once the node is back, the queue is gone.
+#[tokio::test]
+#[ignore = "needs the three-node cluster: scripts/test.sh runs it with --ignored"]
+#[allow(clippy::await_holding_lock, reason = "one runtime per test; the lock only serialises tests")]
+async fn a_queue_on_a_killed_node_is_not_taken_for_held_through_the_others() {
+    const HOLDER: &str = "els.ledger.holder.cluster-test";
+    let _exclusive = exclusive();
+    let cluster = Cluster::from_env();
+    cluster.wait_until_all_running(Duration::from_secs(60));
+    let vhost = cluster.vhost("cluster-holder-gone");
+    let holder = Connection::connect(&cluster.url(3, &vhost), ConnectionProperties::default()).await.expect("connect to node 3");
+    presence::declare_exclusive(&holder.create_channel().await.expect("channel"), HOLDER).await.expect("declare the holder");
+    let asker = Connection::connect(&cluster.url(2, &vhost), ConnectionProperties::default()).await.expect("connect to node 2");
+    let probe = presence::probe_channel(&asker).await.expect("probe channel");
+    let seen = async || presence::queue_presence(&probe, HOLDER).await.expect("probe");
+    assert_eq!(seen().await, Presence::Held, "the holder's queue, seen through node 2");
+
+    cluster.kill(3);
+    let killed = Instant::now();
+    let mut answers = Vec::new();
+    while killed.elapsed() < Duration::from_secs(3) {
+        answers.push(seen().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers.dedup();
+    eprintln!("node 3 killed: the holder seen through node 2 as {answers:?} (in turn)");
+    assert!(!answers.contains(&Presence::Held), "taken for held after the kill: {answers:?}");
+    drop(holder);
+
+    cluster.start(3);
+    cluster.wait_until_all_running(Duration::from_secs(120));
+    eventually("the holder gone once node 3 is back", Duration::from_secs(30), async || (seen().await == Presence::Absent).then_some(()))
+        .await;
+    let _ = asker.close(200, "done".into()).await;
 }
 
 /// Keys of the day the fleet tests publish; each comes in versions 1, 2 and 3 (the
@@ -186,11 +227,7 @@ impl Fleet {
         assert!(status.success(), "publish: {status:?}\n{out}\n{err}");
         assert!(out.contains(&format!("{lines} lines read: {lines} published, 0 invalid, 0 not published")), "{out}");
 
-        let latest = eventually("every key at version 3", Duration::from_secs(180), async || {
-            let page = self.sim.records(&RecordFilter { limit: Some(10_000), ..Default::default() }).await;
-            (page.total == KEYS && page.records.iter().all(|r| quantity(r) == "3")).then_some(page)
-        })
-        .await;
+        let latest = self.every_key_at_version_3(Duration::from_secs(180)).await;
         assert_eq!(latest.records.len(), KEYS);
         self.vhost.wait_for_counts("els.events", QueueCounts::EMPTY, Duration::from_secs(60));
 
@@ -211,6 +248,44 @@ impl Fleet {
         for worker in &mut self.workers {
             assert!(worker.terminate(Duration::from_secs(60)).success(), "{}", worker.logs());
         }
+    }
+
+    /// Waits until the platform holds every key in version 3. On timeout it fails with the
+    /// keys that are missing or behind and the end of each worker's log, so that a failure
+    /// says which keys were stuck and what the fleet did about them.
+    async fn every_key_at_version_3(&self, timeout: Duration) -> RecordsPage {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let page = self.sim.records(&RecordFilter { limit: Some(10_000), ..Default::default() }).await;
+            if page.total == KEYS && page.records.iter().all(|r| quantity(r) == "3") {
+                return page;
+            }
+            if Instant::now() >= deadline {
+                let behind: Vec<String> =
+                    page.records.iter().filter(|r| quantity(r) != "3").map(|r| format!("{}={}", r.key, quantity(r))).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for every key at version 3: {} of {KEYS} keys at the platform, behind: {behind:?}\n{}",
+                    page.total,
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Each worker's warnings and errors and the last lines of its log.
+    fn log_tails(&self) -> String {
+        let mut tails = String::new();
+        for (n, worker) in self.workers.iter().enumerate() {
+            let logs = worker.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let alarms = lines.iter().filter(|l| l.contains("WARN") || l.contains("ERROR"));
+            let last = &lines[lines.len().saturating_sub(60)..];
+            tails.push_str(&format!("--- worker {}: warnings and errors\n", n + 1));
+            alarms.for_each(|l| tails.push_str(&format!("{l}\n")));
+            tails.push_str(&format!("--- worker {}: last {} lines\n{}\n", n + 1, last.len(), last.join("\n")));
+        }
+        tails
     }
 
     /// The longest time between two accepted uploads from `since` on, and the time from

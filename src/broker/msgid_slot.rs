@@ -5,7 +5,8 @@
 //! Slot `n` is held by declaring the **exclusive** queue `<prefix>.msgid.slot.<n>` (e.g.
 //! `els.msgid.slot.0`): the broker lets one connection own it and deletes it when that
 //! connection closes or dies, so a slot is held exactly as long as the connection lives and
-//! a crashed replica frees its slot by itself.
+//! a crashed replica frees its slot by itself. A slot whose queue is on a node that is
+//! down stays taken until that node is back (RabbitMQ 4.x keeps the record): it is skipped.
 //!
 //! To find a free slot without tripping over the others, each candidate is first probed
 //! ([`super::presence`]): a queue that exists takes the probe (slot taken, also when this
@@ -21,7 +22,7 @@ use lapin::protocol::AMQPSoftError;
 use lapin::{Connection, ErrorKind};
 
 use super::BrokerError;
-use super::presence::{declare_exclusive, probe_channel, queue_exists};
+use super::presence::{Presence, declare_exclusive, probe_channel, queue_presence};
 use crate::platform::envelope::MSGID_SLOTS;
 
 /// The queue that holds msgid slot `slot` for `prefix`.
@@ -37,7 +38,7 @@ pub async fn claim_msgid_slot(connection: &Connection, prefix: &str) -> Result<u
     let mut channel = probe_channel(connection).await?;
     for slot in 0..MSGID_SLOTS {
         let queue = slot_queue_name(prefix, slot);
-        if queue_exists(&channel, &queue).await? {
+        if queue_presence(&channel, &queue).await? != Presence::Absent {
             continue;
         }
         match declare_exclusive(&channel, &queue).await {

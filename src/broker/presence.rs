@@ -4,6 +4,12 @@
 //! still exists without an error that would close the asking channel: a mandatory,
 //! immediately expiring message to the default exchange comes back when no queue takes it.
 //!
+//! A queue whose node is down is a third case. RabbitMQ 3.x deletes the exclusive queues
+//! of a node that goes down; 4.x with its Khepri metadata store (the default since 4.2)
+//! keeps their records until that node starts again, and refuses (negative confirm) a
+//! message routed to one. Its owner's connection went down with the node: for a caller
+//! it is no longer held, yet it cannot be declared again until the node is back.
+//!
 //! Msgid slots ([`super::msgid_slot`]) and the holders of ledger claims
 //! ([`crate::ledger`]) are such queues.
 
@@ -30,14 +36,27 @@ pub async fn declare_exclusive(channel: &Channel, queue: &str) -> Result<(), lap
     channel.queue_declare(queue.into(), exclusive, arguments).await.map(|_| ())
 }
 
-/// Whether a queue named `queue` exists (in any connection's hands). The probe expires at
-/// once in a queue that takes it. `channel` must be in confirm mode ([`probe_channel`]).
-pub async fn queue_exists(channel: &Channel, queue: &str) -> Result<bool, BrokerError> {
+/// What the broker says of a queue name (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The queue exists and took the probe: its owner's connection is alive.
+    Held,
+    /// No such queue.
+    Absent,
+    /// The queue's record exists but its node is down (the probe was refused): the owner's
+    /// connection is gone, and the name stays taken until the node starts again.
+    NodeDown,
+}
+
+/// What the broker says of a queue named `queue`. The probe expires at once in a queue
+/// that takes it. `channel` must be in confirm mode ([`probe_channel`]).
+pub async fn queue_presence(channel: &Channel, queue: &str) -> Result<Presence, BrokerError> {
     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let properties = BasicProperties::default().with_expiration("0".into());
     let confirmation = channel.basic_publish(ShortString::from(""), queue.into(), options, b"", properties).await?.await?;
-    if !confirmation.is_ack() {
-        return Err(BrokerError::Nacked);
-    }
-    Ok(confirmation.take_message().is_none())
+    Ok(match (confirmation.is_ack(), confirmation.take_message().is_none()) {
+        (false, _) => Presence::NodeDown,
+        (true, true) => Presence::Held,
+        (true, false) => Presence::Absent,
+    })
 }

@@ -23,7 +23,8 @@
 //!      connection, which the broker deletes when that connection closes or dies (killed
 //!      process, lost network, restarted node; see [`crate::broker::presence`]). A batch
 //!      that has waited [`PROBE_AFTER`] asks the broker whether the holders in its way still
-//!      exist; the claims of a holder that is gone hold nothing up any more;
+//!      exist; the claims of a holder that is gone, or whose node is down, hold nothing up
+//!      any more;
 //!   4. after the upload, the worker appends a `receipt` for the accepted rows *before*
 //!      acking them, then a `release` of the claim.
 //!
@@ -311,8 +312,10 @@ impl Ledger {
     /// Asks the broker whether `holders` still exist and remembers those that do not.
     async fn probe(&self, holders: &[String]) -> Result<(), LogError> {
         for holder in holders {
-            if !presence::queue_exists(&self.probe, holder).await? {
-                tracing::info!(%holder, "an earlier claim's holder is gone (its connection closed); its keys are free");
+            let presence = presence::queue_presence(&self.probe, holder).await?;
+            if presence != presence::Presence::Held {
+                let why = if presence == presence::Presence::Absent { "its connection closed" } else { "its node is down" };
+                tracing::info!(%holder, "an earlier claim's holder is gone ({why}); its keys are free");
                 let mut gone = self.gone();
                 gone.retain(|_, since| since.elapsed() < self.claim_ttl);
                 gone.insert(holder.clone(), Instant::now());
