@@ -307,7 +307,7 @@ impl Default for HttpSettings {
     }
 }
 
-/// `[worker]`: how a worker stops.
+/// `[worker]`: how a worker runs and stops.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
@@ -323,16 +323,31 @@ pub struct WorkerSettings {
     /// not bytes), so that a backlog of large events cannot take it past its memory limit.
     #[serde(default = "default_max_held_bytes")]
     pub max_held_bytes: usize,
+    /// Threads of the worker's async runtime, 1 to 64. One spends less CPU per record
+    /// than two (the tasks of a batch hand each other work without waking another thread;
+    /// lapin reads and writes the broker's socket on a thread of its own); more threads
+    /// give one worker more than about a core, which more replicas do as well.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerSettings { drain_deadline_secs: 30, max_event_bytes: crate::event::MAX_EVENT_BYTES, max_held_bytes: default_max_held_bytes() }
+        WorkerSettings {
+            drain_deadline_secs: 30,
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
+            max_held_bytes: default_max_held_bytes(),
+            threads: default_threads(),
+        }
     }
 }
 
 fn default_max_held_bytes() -> usize {
     128 << 20
+}
+
+fn default_threads() -> usize {
+    1
 }
 
 /// `[ledger]`: the receipts ledger on the broker (a stream of every accepted upload).
@@ -649,6 +664,9 @@ impl Config {
         if !(1024..=16 << 20).contains(&max_event) {
             return fail(format!("worker.max_event_bytes = {max_event} is out of range: from 1024 to 16777216 bytes"));
         }
+        if !(1..=64).contains(&self.worker.threads) {
+            return fail(format!("worker.threads is {}; it must be 1 to 64", self.worker.threads));
+        }
         self.check_held_bytes()
     }
 
@@ -769,6 +787,18 @@ mod tests {
         assert_eq!(c.platform.token_refresh_lead_secs, 240);
         assert!(c.amqp.is_none());
         assert_eq!(c.institutions[0].dev_no, "");
+        assert_eq!(c.worker.threads, 1);
+    }
+
+    #[test]
+    fn worker_threads_are_1_to_64() {
+        let threads = |value: &str| Config::from_toml(TOML, env(&[("ELS_BRIDGE__WORKER__THREADS", value)]));
+        assert_eq!(threads("4").unwrap().worker.threads, 4);
+        assert_eq!(threads("64").unwrap().worker.threads, 64);
+        for refused in ["0", "65"] {
+            let error = threads(refused).err().unwrap_or_else(|| panic!("worker.threads = {refused} accepted")).to_string();
+            assert!(error.contains(&format!("worker.threads is {refused}; it must be 1 to 64")), "{error}");
+        }
     }
 
     #[test]

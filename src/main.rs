@@ -42,28 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let telemetry = els_bridge::telemetry::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(commands::EXIT_USAGE);
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Worker(args) => commands::worker::run(args).await,
-            Command::Send(args) => commands::send::run(args).await,
-            Command::Validate(args) => commands::validate::run(args).await,
-            Command::Report(args) => commands::report::run(args).await,
-            Command::Publish(args) => commands::publish::run(args).await,
-            Command::Dlq(args) => commands::dlq::run(args).await,
-            Command::Simulate(args) => commands::simulate::run(args).await,
-            Command::Doctor(args) => commands::doctor::run(args).await,
-            Command::Completions(args) => commands::completions::run(args, Cli::command()),
-            Command::Man(args) => commands::man::run(args, Cli::command()),
-        }
-    });
-    drop(runtime);
+    let result = run(cli.command);
     // The last spans and metrics go out before the process ends (after the drain).
     telemetry.shutdown();
     match result {
@@ -73,4 +52,37 @@ fn main() -> ExitCode {
             ExitCode::from(commands::EXIT_USAGE)
         }
     }
+}
+
+/// Runs `command` to its end on an async runtime. The worker's configuration is read
+/// first, since it says how many threads the worker's runtime has (`worker.threads`);
+/// every other command has one per CPU core.
+fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Worker(args) => {
+            let config = commands::worker::load(&args)?;
+            block_on(Some(config.worker.threads), commands::worker::run(config))
+        }
+        Command::Send(args) => block_on(None, commands::send::run(args)),
+        Command::Validate(args) => block_on(None, commands::validate::run(args)),
+        Command::Report(args) => block_on(None, commands::report::run(args)),
+        Command::Publish(args) => block_on(None, commands::publish::run(args)),
+        Command::Dlq(args) => block_on(None, commands::dlq::run(args)),
+        Command::Simulate(args) => block_on(None, commands::simulate::run(args)),
+        Command::Doctor(args) => block_on(None, commands::doctor::run(args)),
+        Command::Completions(args) => commands::completions::run(args, Cli::command()),
+        Command::Man(args) => commands::man::run(args, Cli::command()),
+    }
+}
+
+/// Runs `job` on a new multi-threaded runtime of `threads` threads (tokio's default, one
+/// per CPU core, when `None`), and drops the runtime before returning.
+fn block_on(threads: Option<usize>, job: impl Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.build().map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))?;
+    runtime.block_on(job)
 }

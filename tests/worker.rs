@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
 use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, WorkerProcess, World, worker_config, worker_toml};
+use common::worker::{Amqp, WorkerProcess, World, without_colours, worker_config, worker_toml};
 use els_bridge::config::RetrySettings;
 use els_bridge::simulator::api::{CallFilter, RecordFilter, TimeoutMode, Timeouts};
 use els_bridge::spec::Infno;
@@ -398,6 +398,34 @@ async fn transient_failures_past_the_retry_budget_are_dead_lettered_as_exhausted
     }
     assert_eq!(sim.records(&RecordFilter::default()).await.total, 0);
     assert!(worker.terminate(Duration::from_secs(30)).success());
+    amqp.close().await;
+}
+
+/// `worker.threads` sizes the worker's async runtime, as the runtime itself counts its
+/// threads: one by default, three when set; either way the worker uploads its wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_on_the_runtime_threads_it_is_configured_with() {
+    let World { sim, vhost, amqp } = World::new("threads", TestSimulator::builder().institutions(1).start()).await;
+    let code = sim.institution(0).code.clone();
+    let toml = worker_toml(vhost.url(), 100);
+    let mut expected = Expected::new();
+    for (threads, setting) in [(1, ""), (3, "threads = 3\n")] {
+        let config = sim.write_client_config(&format!("worker-{threads}.toml"), &format!("{toml}{setting}"));
+        let mut events = Vec::new();
+        for infno in Infno::UPLOADS {
+            let key = format!("{code}-{infno}-threads-{threads}");
+            events.push(event(infno, &code, Some(1), row(infno, &key, "7")));
+            expected.insert((code.clone(), infno, key), "7".to_owned());
+        }
+        let mut worker = WorkerProcess::start(&config, &format!("worker-{threads}"));
+        amqp.publish(&events).await;
+        wait_until_stored(&sim, &expected, Duration::from_secs(60)).await;
+        let logs = without_colours(&worker.logs());
+        let started = logs.lines().find(|l| l.contains("worker starting")).unwrap_or_else(|| panic!("no start line:\n{logs}"));
+        assert!(started.contains(&format!("runtime_threads={threads}")), "{started}");
+        assert!(worker.terminate(Duration::from_secs(30)).success());
+    }
+    assert_eq!(amqp.take_all("els.dead").await.len(), 0);
     amqp.close().await;
 }
 

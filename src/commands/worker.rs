@@ -18,9 +18,14 @@ pub struct WorkerArgs {
     config: Option<PathBuf>,
 }
 
+/// Reads the worker's configuration (before its runtime starts: `worker.threads` sizes it).
+pub fn load(args: &WorkerArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(args.config.as_deref())?)
+}
+
 /// Runs the worker until a termination signal.
-pub async fn run(args: WorkerArgs) -> anyhow::Result<u8> {
-    let config = Config::load(args.config.as_deref())?;
+pub async fn run(config: Config) -> anyhow::Result<u8> {
+    tracing::info!(runtime_threads = tokio::runtime::Handle::current().metrics().num_workers(), "worker starting");
     let shutdown = CancellationToken::new();
     super::common::cancel_on_signal(shutdown.clone())?;
     crate::worker::run(config, shutdown).await?;

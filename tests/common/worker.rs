@@ -124,7 +124,7 @@ impl WorkerProcess {
 }
 
 /// `text` without the terminal colour sequences (`ESC [ ... m`) of the log format.
-fn without_colours(text: &str) -> String {
+pub fn without_colours(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
