@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use common::broker::{QueueCounts, TestVhost, exclusive};
 use common::cluster::Cluster;
 use common::records::{event, row};
-use common::simulator::{TestSimulator, eventually};
-use common::worker::{Amqp, WorkerProcess, test_retry, worker_toml};
+use common::simulator::{TestSimulator, eventually, until};
+use common::worker::{Amqp, WorkerProcess, test_retry, without_colours, worker_toml};
+use els_bridge::broker::claim_msgid_slot;
+use els_bridge::broker::msgid_slot::slot_queue_name;
 use els_bridge::broker::presence::{self, Presence};
 use els_bridge::simulator::api::{CallFilter, RecordFilter, RecordView, RecordsPage};
 use els_bridge::spec::Infno;
@@ -126,6 +128,52 @@ async fn a_queue_on_a_killed_node_is_not_taken_for_held_through_the_others() {
     eventually("the holder gone once node 3 is back", Duration::from_secs(30), async || (seen().await == Presence::Absent).then_some(()))
         .await;
     let _ = asker.close(200, "done".into()).await;
+}
+
+/// A worker that starts while another process's msgid slot is on a node that is down
+/// takes a free slot and uploads. On RabbitMQ 4.x the slot's queue keeps its record until
+/// the node is back and the probe of it is refused (`NodeDown`): the search skips it,
+/// where it used to fail, so that no worker could start until the node came back. On 3.x
+/// the queue goes with its connection and the slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the three-node cluster: scripts/test.sh runs it with --ignored"]
+#[allow(clippy::await_holding_lock, reason = "one runtime per test; the lock only serialises tests")]
+async fn a_worker_starts_while_a_msgid_slot_is_on_a_node_that_is_down() {
+    let _exclusive = exclusive();
+    let cluster = Cluster::from_env();
+    cluster.wait_until_all_running(Duration::from_secs(60));
+    let vhost = cluster.vhost("cluster-slot-down");
+    let sim = TestSimulator::builder().institutions(1).start();
+    let amqp = Amqp::connect(&cluster.url(2, &vhost)).await;
+    amqp.declare(&test_retry()).await;
+    let holder = Connection::connect(&cluster.url(3, &vhost), ConnectionProperties::default()).await.expect("connect to node 3");
+    assert_eq!(claim_msgid_slot(&holder, "els").await.expect("claim a msgid slot on node 3"), 0);
+
+    cluster.kill(3);
+    let asker = Connection::connect(&cluster.url(2, &vhost), ConnectionProperties::default()).await.expect("connect to node 2");
+    let probe = presence::probe_channel(&asker).await.expect("probe channel");
+    let expected_slot = match presence::queue_presence(&probe, &slot_queue_name("els", 0)).await.expect("probe slot 0") {
+        Presence::NodeDown => 1,
+        Presence::Absent => 0,
+        Presence::Held => panic!("slot 0 taken for held after its node was killed"),
+    };
+    let code = sim.institution(0).code.clone();
+    amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "SLOT-DOWN-1", "4"))]).await;
+    let config = sim.write_client_config("worker.toml", &worker_toml(&cluster.url(1, &vhost), 100));
+    let mut worker = WorkerProcess::start(&config, "cluster-slot-down");
+    let stored = async || (sim.records(&RecordFilter::default()).await.total == 1).then_some(());
+    eventually("the worker's upload while node 3 is down", Duration::from_secs(60), stored).await;
+    assert!(!cluster.is_running(3), "node 3 came back before the upload");
+
+    let logs = without_colours(&worker.logs());
+    let connected = logs.lines().find(|l| l.contains("connected to the broker")).unwrap_or_else(|| panic!("no connected line:\n{logs}"));
+    assert!(connected.contains(&format!("msgid_slot={expected_slot}")), "expected slot {expected_slot}: {connected}");
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", worker.logs());
+    amqp.close().await;
+    let _ = asker.close(200, "done".into()).await;
+    drop(holder);
+    cluster.start(3);
+    cluster.wait_until_all_running(Duration::from_secs(120));
 }
 
 /// Keys of the day the fleet tests publish; each comes in versions 1, 2 and 3 (the
@@ -254,23 +302,20 @@ impl Fleet {
     /// keys that are missing or behind and the end of each worker's log, so that a failure
     /// says which keys were stuck and what the fleet did about them.
     async fn every_key_at_version_3(&self, timeout: Duration) -> RecordsPage {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let all_at_3 = async || {
             let page = self.sim.records(&RecordFilter { limit: Some(10_000), ..Default::default() }).await;
-            if page.total == KEYS && page.records.iter().all(|r| quantity(r) == "3") {
-                return page;
-            }
-            if Instant::now() >= deadline {
-                let behind: Vec<String> =
-                    page.records.iter().filter(|r| quantity(r) != "3").map(|r| format!("{}={}", r.key, quantity(r))).collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for every key at version 3: {} of {KEYS} keys at the platform, behind: {behind:?}\n{}",
-                    page.total,
-                    self.log_tails()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if page.total == KEYS && page.records.iter().all(|r| quantity(r) == "3") { Ok(page) } else { Err(page) }
+        };
+        let failure = |page: RecordsPage| {
+            let behind: Vec<String> =
+                page.records.iter().filter(|r| quantity(r) != "3").map(|r| format!("{}={}", r.key, quantity(r))).collect();
+            format!(
+                "timed out after {timeout:?} waiting for every key at version 3: {} of {KEYS} keys at the platform, behind: {behind:?}\n{}",
+                page.total,
+                self.log_tails()
+            )
+        };
+        until(timeout, Duration::from_millis(200), all_at_3, failure).await
     }
 
     /// Each worker's warnings and errors and the last lines of its log.

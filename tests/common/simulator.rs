@@ -130,13 +130,25 @@ pub fn write_config(dir: &Path, file_name: &str, institutions: &[TestInstitution
 /// Polls `probe` every 50 ms until it returns `Some`, and panics naming `what` after
 /// `timeout`.
 pub async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let failure = |()| format!("timed out after {timeout:?} waiting for {what}");
+    until(timeout, Duration::from_millis(50), async || probe().await.ok_or(()), failure).await
+}
+
+/// Polls `probe` every `every` until it returns `Ok`; after `timeout` it panics with what
+/// `failure` makes of the last `Err`, so that a failure can say what was still missing.
+pub async fn until<T, S>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, S>,
+    failure: impl FnOnce(S) -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(value) = probe().await {
-            return value;
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{}", failure(last)),
+            Err(_) => tokio::time::sleep(every).await,
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
