@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::run::{COMMAND_LIMIT, OutputWithin};
+use common::run::{COMMAND_LIMIT, OutputWithin, finish_within};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -222,17 +222,9 @@ fn start(example: Example, rows: &Path, url: &str, extra: &[&str]) -> Child {
         .unwrap_or_else(|e| panic!("start the {example:?} publisher: {e}"))
 }
 
+/// The publisher's output once it exits, or once it is killed after `timeout`.
 fn wait(child: Child, timeout: Duration) -> Output {
-    let deadline = Instant::now() + timeout;
-    let mut child = child;
-    while child.try_wait().expect("wait for the publisher").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("publisher output")
+    finish_within(child, timeout).expect("wait for the publisher").output
 }
 
 fn show(output: &Output) -> String {
