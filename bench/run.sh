@@ -5,7 +5,8 @@
 #
 # 1. builds els-bridge and the driver (examples/bench.rs) in release;
 # 2. starts the local RabbitMQ node (scripts/rabbitmq.sh: needs root, like the tests);
-# 3. removes vhosts an interrupted earlier run left behind (els-bench-*);
+# 3. removes vhosts an interrupted earlier run left behind (els-bench-*, whose driver
+#    process is gone);
 # 4. runs the driver once per pass; every scenario gets a fresh vhost, its own simulator
 #    and real `els-bridge worker` processes. Results go to
 #    bench/results/<UTC time>/<pass>/ (results.md, results.json, the configurations and
@@ -56,7 +57,13 @@ cargo build --release --bin els-bridge --example bench
 printf '==> RabbitMQ (scripts/rabbitmq.sh start)\n' >&2
 bash scripts/rabbitmq.sh start
 
-stale=$(rabbitmqctl -q list_vhosts name 2>/dev/null | grep '^els-bench-' || true)
+# A vhost is els-bench-<label>-<driver pid>-<stamp>: one whose driver still runs (another
+# benchmark on the same node) is not stale.
+stale=$(rabbitmqctl -q list_vhosts name 2>/dev/null | grep '^els-bench-' |
+    while read -r vhost; do
+        pid=$(awk -F- '{ print $(NF-1) }' <<<"$vhost")
+        [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || printf '%s\n' "$vhost"
+    done || true)
 if [[ -n $stale ]]; then
     printf '==> removing %s vhost(s) left by an interrupted run\n' "$(wc -l <<<"$stale")" >&2
     while read -r vhost; do
