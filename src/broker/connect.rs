@@ -18,14 +18,14 @@
 //! With `amqp.shuffle_addresses = false` every connection tries the addresses as listed
 //! instead: the first that answers is used, the listed first whenever it is up.
 
-use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use std::{fmt, io};
 
 use lapin::tcp::OwnedTLSConfig;
-use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use secrecy::ExposeSecret;
@@ -176,11 +176,24 @@ async fn open(uri: AMQPUri, settings: &AmqpSettings, name: &str, tls: OwnedTLSCo
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
     let secs = settings.connect_timeout_secs.max(1);
+    let over_tls = uri.scheme == AMQPScheme::AMQPS;
     let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
     match tokio::time::timeout(Duration::from_secs(secs), connecting).await {
-        Ok(connected) => Ok(connected?),
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) if over_tls && is_tls_failure(&error) => {
+            let trusted_by = if settings.ca_file.is_some() { "amqp.ca_file" } else { "a system root (or set amqp.ca_file)" };
+            Err(BrokerError::TlsRefused { trusted_by, source: error })
+        }
+        Ok(Err(error)) => Err(error.into()),
         Err(_) => Err(BrokerError::ConnectTimeout { secs }),
     }
+}
+
+/// A TLS handshake that failed on this side: rustls reports a certificate it refuses (an
+/// unknown issuer, another host's name, an expired one) as an I/O error of kind
+/// `InvalidData`.
+fn is_tls_failure(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::IOError(e) if e.kind() == io::ErrorKind::InvalidData)
 }
 
 /// How long closing a connection may take: lapin can fail to complete a close that races

@@ -52,6 +52,12 @@ pub enum BrokerError {
     /// No address of `amqp.addresses` answered; each is named with its reason.
     #[error("none of the broker addresses of amqp.addresses answered: {0}")]
     NoAddressAnswered(connect::AddressFailures),
+    /// The broker's TLS certificate was refused (`amqps://`).
+    #[error(
+        "the TLS handshake with the broker failed ({source}): its certificate must name the host connected to (amqp.url or \
+         amqp.addresses) and be signed by {trusted_by}"
+    )]
+    TlsRefused { trusted_by: &'static str, source: lapin::Error },
     /// Opening the connection took longer than `amqp.connect_timeout_secs`.
     #[error(
         "the broker did not complete the connection within {secs} s (amqp.connect_timeout_secs): is the address an \

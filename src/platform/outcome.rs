@@ -81,6 +81,23 @@ pub fn meaning(code: i64) -> &'static str {
     }
 }
 
+/// rustls reports a certificate it refuses (an unknown issuer, another host's name, an
+/// expired one) as an I/O error of kind `InvalidData`, which hyper-rustls wraps in another
+/// I/O error.
+fn is_tls_refusal(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut io = cause.downcast_ref::<std::io::Error>();
+    while let Some(error) = io {
+        if error.kind() == std::io::ErrorKind::InvalidData {
+            return true;
+        }
+        io = error.get_ref().and_then(|inner| inner.downcast_ref::<std::io::Error>());
+    }
+    false
+}
+
+/// The most characters of a transport error's cause kept in an outcome.
+const TRANSPORT_CAUSE_CHARS: usize = 200;
+
 /// The most characters of the platform's `returnMsg` kept in an outcome.
 pub const PLATFORM_MESSAGE_CHARS: usize = 500;
 
@@ -104,24 +121,31 @@ impl Outcome {
         }
     }
 
-    /// Classifies a transport error (connection refused, reset, timeout, TLS).
+    /// Classifies a transport error (connection refused, reset, timeout, TLS), naming its
+    /// innermost cause, the one that says why.
     pub fn from_transport(error: reqwest::Error) -> Outcome {
-        let what = if error.is_timeout() {
-            "timed out"
-        } else if error.is_connect() {
-            "could not connect"
-        } else {
-            "transport error"
-        };
         // Without the URL: it could carry credentials in other deployments.
         let error = error.without_url();
-        let mut detail = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            detail = format!("{detail}: {cause}");
-            source = cause.source();
+        let mut innermost: &dyn std::error::Error = &error;
+        let mut tls_refused = false;
+        while let Some(cause) = innermost.source() {
+            tls_refused |= is_tls_refusal(cause);
+            innermost = cause;
         }
-        Outcome::Transient { code: None, message: format!("{what}: {}", excerpt(&detail)) }
+        let cause = excerpt_of(&innermost.to_string(), TRANSPORT_CAUSE_CHARS);
+        let message = if tls_refused {
+            format!(
+                "the TLS handshake with the platform failed ({cause}): its certificate must name platform.url's host and be \
+                 signed by platform.ca_file (PEM) or a system root"
+            )
+        } else if error.is_timeout() {
+            format!("timed out: {cause}")
+        } else if error.is_connect() {
+            format!("could not connect: {cause}")
+        } else {
+            format!("transport error: {cause}")
+        };
+        Outcome::Transient { code: None, message }
     }
 
     /// Classifies a JSON answer by `infcode` and `output.data.returnCode`. The platform's
@@ -334,7 +358,7 @@ mod tests {
         let error = client.post("http://127.0.0.1:9/api/commonInterfaca").send().await.unwrap_err();
         let outcome = Outcome::from_transport(error);
         assert_eq!(class(&outcome), "retry");
-        assert!(outcome.to_string().contains("could not connect"), "{outcome}");
+        assert!(outcome.to_string().contains("could not connect: Connection refused"), "{outcome}");
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod records;
 pub mod relay;
 pub mod run;
 pub mod simulator;
+pub mod tls;
 pub mod worker;
