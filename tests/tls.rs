@@ -43,6 +43,16 @@ impl Secured {
         Secured { sim, vhost, ca, broker, platform, _dir: dir }
     }
 
+    /// Declares the topology (plain AMQP) and publishes one ELS7002 record of `key`; the
+    /// connection stays open for the test's checks.
+    async fn publish_one(&self, key: &str) -> Amqp {
+        let amqp = Amqp::connect(self.vhost.url()).await;
+        amqp.declare(&test_retry()).await;
+        let code = self.sim.institution(0).code.clone();
+        amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, key, "5"))]).await;
+        amqp
+    }
+
     /// A worker's configuration with `amqps://` and `https://` URLs through the relays;
     /// `amqp.ca_file` and `platform.ca_file` name the authority where `trusted` says so.
     fn config(&self, name: &str, trusted: Trusted) -> PathBuf {
@@ -91,10 +101,7 @@ fn check<'a>(checks: &'a [Value], subject: &str, check: &str, text: &str) -> (&'
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_reports_over_tls_to_a_broker_and_a_platform_of_a_private_authority() {
     let secured = Secured::start("tls-trusted").await;
-    let amqp = Amqp::connect(secured.vhost.url()).await;
-    amqp.declare(&test_retry()).await;
-    let code = secured.sim.institution(0).code.clone();
-    amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "TLS-1", "5"))]).await;
+    let amqp = secured.publish_one("TLS-1").await;
 
     let config = secured.config("worker.toml", Trusted { broker: true, platform: true });
     let mut worker = WorkerProcess::start(&config, "worker");
@@ -135,10 +142,7 @@ async fn without_the_authority_both_are_refused_and_doctor_names_the_key_to_fix(
     assert!(line.contains("UnknownIssuer") && line.contains("(or set amqp.ca_file)"), "{line}");
     drop(worker);
 
-    let amqp = Amqp::connect(secured.vhost.url()).await;
-    amqp.declare(&test_retry()).await;
-    let code = secured.sim.institution(0).code.clone();
-    amqp.publish(&[event(Infno::Els7002, &code, Some(1), row(Infno::Els7002, "TLS-2", "5"))]).await;
+    let amqp = secured.publish_one("TLS-2").await;
     let config = secured.config("platform-untrusted.toml", Trusted { broker: true, platform: false });
     let mut worker = WorkerProcess::start(&config, "platform-untrusted");
     let failing = async || worker.logs().lines().find(|l| l.contains("the platform is failing for this institution")).map(str::to_owned);
