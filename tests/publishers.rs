@@ -352,13 +352,15 @@ async fn a_lost_connection_loses_nothing(example: Example, label: &str) {
 
     let relay = Relay::start(amqp_address()).await;
     let url = relay.url(vhost.url());
-    let child = start(example, &rows, &url, &["--rate", "10", "--max-unconfirmed", "16", "--heartbeat-secs", "1"]);
+    let mut child = start(example, &rows, &url, &["--rate", "10", "--max-unconfirmed", "16", "--heartbeat-secs", "1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while vhost.queue_counts("els.events").map(|c| c.total()).unwrap_or(0) < 10 {
+    while amqp.ready("els.events").await < 10 {
         assert!(Instant::now() < deadline, "the publisher published nothing within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     relay.freeze();
+    // Else the freeze came too late to test anything (72 rows take 7 s at 10 a second).
+    assert!(child.try_wait().expect("the publisher's status").is_none(), "the publisher ended before the relay froze");
     let output = tokio::task::spawn_blocking(move || wait(child, Duration::from_secs(90))).await.expect("wait for the publisher");
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{}", show(&output));

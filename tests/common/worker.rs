@@ -260,6 +260,13 @@ impl Amqp {
         assert!(confirm.is_ack(), "the broker refused a test event");
     }
 
+    /// How many messages `queue` holds ready, as the broker answers a passive declare: at
+    /// once, where `rabbitmqctl` takes seconds to start on a busy machine.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("passive declare").message_count()
+    }
+
     /// Deletes a queue (and everything in it).
     pub async fn delete_queue(&self, queue: &str) {
         self.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.expect("delete a queue");
