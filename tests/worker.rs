@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::broker::{QueueCounts, unique_vhost};
 use common::records::{event, row};
-use common::simulator::{TestSimulator, eventually};
+use common::simulator::{TestSimulator, eventually, until};
 use common::worker::{Amqp, WorkerProcess, World, without_colours, worker_config, worker_toml};
 use els_bridge::config::RetrySettings;
 use els_bridge::simulator::api::{CallFilter, RecordFilter, TimeoutMode, Timeouts};
@@ -591,10 +591,15 @@ async fn adaptive_concurrency_grows_to_the_cap_on_a_flat_platform_and_backs_off_
     let mut worker = WorkerProcess::start(&config, "worker");
     let port = worker.http_port(Duration::from_secs(30));
 
-    eventually("the limit to grow to the cap of 4", Duration::from_secs(60), async || {
-        (concurrency_limit(port, &code).await == Some(4)).then_some(())
-    })
-    .await;
+    // On a machine loaded by the other tests a window may rise and hold the limit below the
+    // cap until the backlog is gone: the failure shows the worker's changes and the calls.
+    let at_cap = async || if concurrency_limit(port, &code).await == Some(4) { Ok(()) } else { Err(()) };
+    let failure = |()| {
+        let logs = worker.logs();
+        let changes: Vec<&str> = logs.lines().filter(|l| l.contains("upload concurrency limit changed")).collect();
+        format!("timed out after 60s waiting for the limit to grow to the cap of 4; the worker's changes:\n{}", changes.join("\n"))
+    };
+    until(Duration::from_secs(60), Duration::from_millis(50), at_cap, failure).await;
     // The platform slows under load: each call in progress beyond the first adds 400 ms.
     sim.set_latency_json(&json!({"min_ms": 300, "max_ms": 300, "per_concurrent_ms": 400})).await;
     eventually("the limit to back off below 4", Duration::from_secs(60), async || {
